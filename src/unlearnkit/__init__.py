@@ -1,0 +1,47 @@
+"""unlearnkit: machine unlearning of trained PyTorch classifiers.
+
+Forget specific training instances from a trained classifier without retraining it, keep its
+accuracy on everything else, and keep the evidence.
+
+Example:
+    >>> import unlearnkit as uk
+    >>> "l2ul" in uk.list_methods()
+    True
+"""
+
+from unlearnkit.api import evaluate, unlearn
+from unlearnkit.errors import (
+    CheckpointError,
+    DataContractError,
+    InvalidHyperparameterError,
+    InvalidModelError,
+    InvalidRequestError,
+    NonFiniteError,
+    UnknownMethodError,
+    UnlearnkitError,
+)
+from unlearnkit.methods import UnlearningMethod, create_method, list_methods, register_method
+from unlearnkit.request import ForgetRequest
+from unlearnkit.result import InstanceOutcome, UnlearnResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "DataContractError",
+    "ForgetRequest",
+    "InstanceOutcome",
+    "InvalidHyperparameterError",
+    "InvalidModelError",
+    "InvalidRequestError",
+    "NonFiniteError",
+    "UnknownMethodError",
+    "UnlearnResult",
+    "UnlearningMethod",
+    "UnlearnkitError",
+    "create_method",
+    "evaluate",
+    "list_methods",
+    "register_method",
+    "unlearn",
+]

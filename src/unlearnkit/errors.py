@@ -1,0 +1,47 @@
+"""Exceptions raised by unlearnkit.
+
+Every error a user can cause derives from :class:`UnlearnkitError`, so callers can catch one
+type; each subclass also derives from the built-in exception that fits it (``ValueError`` for
+bad input, ``RuntimeError`` for a run that went wrong), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+
+class UnlearnkitError(Exception):
+    """Base class of every error unlearnkit raises on purpose."""
+
+
+class InvalidRequestError(UnlearnkitError, ValueError):
+    """A forget request is malformed: empty, mismatched shapes, labels out of range, ..."""
+
+
+class InvalidModelError(UnlearnkitError, ValueError):
+    """A model cannot be unlearned as given: non-finite weights, wrong output shape, ..."""
+
+
+class UnknownMethodError(UnlearnkitError, KeyError):
+    """A method name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly instead.
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidHyperparameterError(UnlearnkitError, ValueError):
+    """A method was configured with an unknown or out-of-range hyperparameter."""
+
+
+class DataContractError(UnlearnkitError, ValueError):
+    """A method was handed data it declared it does not use, or lacks data it needs."""
+
+
+class NonFiniteError(UnlearnkitError, RuntimeError):
+    """A loss, gradient or weight became NaN or infinite during unlearning.
+
+    The partially updated model is discarded: unlearnkit never returns a model with
+    non-finite weights.
+    """
+
+
+class CheckpointError(UnlearnkitError, ValueError):
+    """A checkpoint file is missing, corrupt, or does not match the model it is loaded into."""

@@ -1,0 +1,311 @@
+"""The base class every unlearning method derives from.
+
+The base class does everything that is the same for every method, so a method is only its
+algorithm: it validates the model and the request, enforces the method's data contract, copies
+the model (the caller's is never changed unless ``inplace=True``), seeds every random choice,
+times the run, checks the result for NaN and infinity, and builds the
+:class:`~unlearnkit.result.UnlearnResult` with per-instance outcomes.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from unlearnkit.components.loop import LoopOutcome
+from unlearnkit.components.stopping import StopMonitor, StopRule, goal_met, label_margin
+from unlearnkit.errors import DataContractError, InvalidHyperparameterError, InvalidRequestError, NonFiniteError
+from unlearnkit.request import ForgetRequest
+from unlearnkit.result import InstanceOutcome, UnlearnResult
+from unlearnkit.utils.hashing import state_dict_sha256
+from unlearnkit.utils.modules import check_finite_parameters, predict_logits, resolve_device
+from unlearnkit.utils.versions import environment_versions
+
+DataAccess = Literal["forget", "forget+retain"]
+RetainData = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """What a method's algorithm reports back to the base class.
+
+    Attributes:
+        steps: Optimiser steps taken.
+        passes: Passes over the method's data.
+        converged: Whether the goal held at the end.
+        stop_reason: Why the run stopped.
+        details: Method-specific figures for the result.
+    """
+
+    steps: int
+    passes: int
+    converged: bool
+    stop_reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_loop(cls, outcome: LoopOutcome, **details: Any) -> MethodRun:
+        """Wraps the outcome of :func:`~unlearnkit.components.loop.optimise_until`."""
+        return cls(outcome.steps, outcome.passes, outcome.converged, outcome.stop_reason, details)
+
+
+@dataclass
+class UnlearnContext:
+    """Everything a method's algorithm may use, prepared by the base class.
+
+    Attributes:
+        model: The model to update in place: already a copy, on ``device``.
+        request: The forget request, on ``device``.
+        num_classes: Number of classes the model predicts.
+        device: Where to compute.
+        generator: CPU generator seeded with ``seed``, for every random choice.
+        seed: The seed.
+        progress: Whether to show progress bars.
+        retain: Retain inputs and labels, only for methods that declare ``forget+retain``.
+    """
+
+    model: nn.Module
+    request: ForgetRequest
+    num_classes: int
+    device: torch.device
+    generator: torch.Generator
+    seed: int
+    progress: bool
+    retain: RetainData | None = None
+
+    def monitor(self, rule: StopRule) -> StopMonitor:
+        """A stop monitor bound to this request's forget set."""
+        req = self.request
+        return StopMonitor(rule, req.inputs, req.labels, req.new_labels)
+
+
+class UnlearningMethod(abc.ABC):
+    """Base class of unlearning methods.
+
+    Subclasses set the class attributes, take their hyperparameters as keyword-only
+    ``__init__`` arguments stored under the same names (no work in ``__init__`` beyond
+    checking them), and implement :meth:`_unlearn`.
+
+    Class attributes:
+        name: Registry name.
+        summary: One line for ``unlearnkit methods``.
+        data_access: ``"forget"`` (uses only the model and the forget set) or
+            ``"forget+retain"`` (also needs retain data).
+        supports_relabel: Whether relabeling requests are accepted.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    data_access: ClassVar[DataAccess] = "forget"
+    supports_relabel: ClassVar[bool] = True
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Names of the method's hyperparameters: the keyword-only ``__init__`` arguments of the
+        class and of every base class it passes ``**kwargs`` on to, most derived first."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is UnlearningMethod or klass is object:
+                continue
+            params = inspect.signature(init).parameters.values()
+            names += [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in names]
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """Every hyperparameter of this instance, by name (as given or defaulted)."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def resolved_params(self, context: UnlearnContext) -> dict[str, Any]:
+        """Hyperparameters with data-dependent defaults filled in; recorded in the result.
+
+        Subclasses whose defaults depend on the data (e.g. an attack radius scaled to the input
+        size) override this.
+        """
+        return self.get_params()
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def unlearn(
+        self,
+        model: nn.Module,
+        request: ForgetRequest,
+        *,
+        retain: RetainData | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        inplace: bool = False,
+        progress: bool = False,
+    ) -> UnlearnResult:
+        """Forgets ``request``'s instances from ``model``.
+
+        Args:
+            model: Any ``nn.Module`` mapping a float batch to ``(N, C)`` logits.
+            request: The validated forget request.
+            retain: Retain inputs and labels, for methods that declare ``forget+retain`` only.
+            seed: Seed of every random choice; the same seed gives the same weights.
+            device: Where to run; defaults to the model's device.
+            inplace: Update ``model`` itself instead of a copy.
+            progress: Show progress bars.
+
+        Returns:
+            The result, holding the unlearned model and the evidence.
+
+        Raises:
+            InvalidRequestError: If the request does not fit the model.
+            InvalidModelError: If the model has non-finite weights or wrong outputs.
+            DataContractError: If retain data is given to a forget-only method, or missing for
+                a method that needs it.
+            NonFiniteError: If the run produced NaN or infinite values.
+        """
+        started = time.perf_counter()
+        if not isinstance(request, ForgetRequest):
+            raise InvalidRequestError(f"request must be a ForgetRequest, got {type(request).__name__}")
+        self._check_data_contract(request, retain)
+        check_finite_parameters(model, "the model to unlearn")
+        device = resolve_device(device, model)
+        working = model if inplace else copy.deepcopy(model)
+        working.to(device)
+        request = request.to(device)
+        sha_before = state_dict_sha256(model)
+
+        logits_before = predict_logits(working, request.inputs)
+        num_classes = logits_before.shape[1]
+        request.check_classes(num_classes)
+        if retain is not None:
+            retain = self._check_retain(retain, num_classes, device)
+
+        context = UnlearnContext(
+            model=working,
+            request=request,
+            num_classes=num_classes,
+            device=device,
+            generator=torch.Generator().manual_seed(seed),
+            seed=seed,
+            progress=progress,
+            retain=retain,
+        )
+        cuda_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            # Global RNG state (dropout masks) is seeded too, and restored for the caller after.
+            torch.manual_seed(seed)
+            run = self._unlearn(context)
+        try:
+            check_finite_parameters(working, "the unlearned model")
+        except ValueError as err:
+            raise NonFiniteError(f"{self.name}: {err}; the result was discarded") from None
+
+        logits_after = predict_logits(working, request.inputs)
+        outcomes, metrics = _instance_outcomes(request, logits_before, logits_after)
+        return UnlearnResult(
+            model=working,
+            method=self.name,
+            goal=request.goal,
+            hyperparams=self.resolved_params(context),
+            seed=seed,
+            converged=run.converged,
+            stop_reason=run.stop_reason,
+            steps=run.steps,
+            passes=run.passes,
+            seconds=time.perf_counter() - started,
+            outcomes=outcomes,
+            metrics=metrics,
+            details=run.details,
+            retain_used=0 if retain is None else int(retain[0].shape[0]),
+            model_sha256_before=sha_before,
+            model_sha256_after=state_dict_sha256(working),
+            versions=environment_versions(),
+            device=str(device),
+        )
+
+    @abc.abstractmethod
+    def _unlearn(self, context: UnlearnContext) -> MethodRun:
+        """The algorithm: update ``context.model`` in place and report how it went."""
+
+    # -- checks shared by every method ---------------------------------------------------------
+
+    def _check_data_contract(self, request: ForgetRequest, retain: RetainData | None) -> None:
+        if request.goal == "relabel" and not self.supports_relabel:
+            raise InvalidRequestError(f"method {self.name!r} does not support relabeling requests")
+        if self.data_access == "forget" and retain is not None:
+            raise DataContractError(
+                f"method {self.name!r} uses only the model and the forget set; it must not be "
+                "handed retain data (pass retain=None)"
+            )
+        if self.data_access == "forget+retain" and retain is None:
+            raise DataContractError(f"method {self.name!r} needs retain data: pass retain=(inputs, labels)")
+
+    @staticmethod
+    def _check_retain(retain: RetainData, num_classes: int, device: torch.device) -> RetainData:
+        try:
+            inputs, labels = retain
+        except (TypeError, ValueError):
+            raise DataContractError("retain must be a pair (inputs, labels)") from None
+        checked = ForgetRequest(inputs, labels, input_range=None)  # same shape/label/finite checks
+        checked.check_classes(num_classes)
+        return checked.inputs.to(device), checked.labels.to(device)
+
+
+def _instance_outcomes(
+    request: ForgetRequest, before: Tensor, after: Tensor
+) -> tuple[list[InstanceOutcome], dict[str, float]]:
+    target = request.labels if request.new_labels is None else request.new_labels
+    margin_before = label_margin(before, target).tolist()
+    margin_after = label_margin(after, target).tolist()
+    met = goal_met(after, request.labels, request.new_labels).tolist()
+    pred_before = before.argmax(dim=1)
+    pred_after = after.argmax(dim=1)
+    new_labels = [None] * len(request) if request.new_labels is None else request.new_labels.tolist()
+    outcomes = [
+        InstanceOutcome(
+            id=request.ids[i],
+            label=int(request.labels[i]),
+            new_label=new_labels[i],
+            pred_before=int(pred_before[i]),
+            pred_after=int(pred_after[i]),
+            margin_before=float(margin_before[i]),
+            margin_after=float(margin_after[i]),
+            goal_met=bool(met[i]),
+        )
+        for i in range(len(request))
+    ]
+    metrics = {
+        "acc/forget/before": 100.0 * float((pred_before == request.labels).float().mean()),
+        "acc/forget/after": 100.0 * float((pred_after == request.labels).float().mean()),
+    }
+    if request.new_labels is not None:
+        metrics["relabel/before"] = 100.0 * float((pred_before == request.new_labels).float().mean())
+        metrics["relabel/after"] = 100.0 * float((pred_after == request.new_labels).float().mean())
+    return outcomes, metrics
+
+
+def check_positive(**values: float | int | None) -> None:
+    """Raises :class:`InvalidHyperparameterError` for any value that is not > 0 (``None`` passes)."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise InvalidHyperparameterError(f"{name} must be > 0, got {value}")
+
+
+def check_non_negative(**values: float | int | None) -> None:
+    """Raises :class:`InvalidHyperparameterError` for any value that is < 0 (``None`` passes)."""
+    for name, value in values.items():
+        if value is not None and value < 0:
+            raise InvalidHyperparameterError(f"{name} must be >= 0, got {value}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raises :class:`InvalidHyperparameterError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise InvalidHyperparameterError(f"{name} must be one of {choices}, got {value!r}")
+
