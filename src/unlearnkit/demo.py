@@ -1,0 +1,181 @@
+"""The demo on the embedded default: the digits CNN, k random forget instances, several methods.
+
+:func:`run_demo` returns a JSON-ready report; :func:`demo_tables` renders it for a terminal.
+The CLI's ``unlearnkit demo`` is a thin shell around the two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearnkit.data.splits import draw_forget_indices, random_new_labels
+from unlearnkit.metrics.accuracy import evaluate
+from unlearnkit.models.pretrained import load_default_model
+from unlearnkit.report.table import format_table
+from unlearnkit.request import ForgetRequest, Goal
+from unlearnkit.scenarios.single import run_request
+from unlearnkit.utils.versions import environment_versions
+
+#: Schema version of the demo report JSON (documented in the README).
+DEMO_SCHEMA_VERSION = 1
+DEFAULT_DEMO_METHODS: tuple[str, ...] = ("neggrad", "l2ul_adv", "l2ul")
+
+
+def run_demo(
+    *,
+    k: int = 16,
+    seeds: Sequence[int] = (0,),
+    goals: Sequence[Goal] = ("misclassify",),
+    methods: Sequence[str] = DEFAULT_DEMO_METHODS,
+    hyperparams: Mapping[str, Mapping[str, Any]] | None = None,
+    cache_directory: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Runs every method on k random forget instances of the default digits model.
+
+    For each seed and goal, ``k`` training instances are drawn with that seed (in relabeling
+    mode each gets a random new label, also seeded) and every method unlearns them from the same
+    original model.
+
+    Args:
+        k: Forget instances per request.
+        seeds: One request per seed (and goal).
+        goals: ``"misclassify"`` and/or ``"relabel"``.
+        methods: Registered method names.
+        hyperparams: Per-method hyperparameters, ``{method: {name: value}}``.
+        cache_directory: Where the default model is cached.
+        progress: Show progress bars.
+
+    Returns:
+        The report: data set, model (with sha256), configuration, one entry per request with the
+        original model's accuracies, one record per run, a summary over seeds, and versions.
+    """
+    hyperparams = dict(hyperparams or {})
+    default = load_default_model(directory=cache_directory, progress=progress)
+    data, model = default.data, default.model
+    requests: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    cells = [(seed, goal) for seed in seeds for goal in goals]
+    bar = tqdm(total=len(cells) * len(methods), desc="demo", unit="run", disable=not progress)
+    for seed, goal in cells:
+        forget_idx = draw_forget_indices(len(data.y_train), k, seed)
+        keep = torch.ones(len(data.y_train), dtype=torch.bool)
+        keep[forget_idx] = False
+        labels = data.y_train[forget_idx]
+        new_labels = random_new_labels(labels, data.num_classes, seed) if goal == "relabel" else None
+        request = ForgetRequest(data.x_train[forget_idx], labels, new_labels, ids=tuple(forget_idx.tolist()))
+        splits = {"retain": (data.x_train[keep], data.y_train[keep]), "test": (data.x_test, data.y_test)}
+        original = evaluate(model, {"forget": (request.inputs, labels), **splits})
+        if new_labels is not None:
+            original.update(evaluate(model, {"relabel": (request.inputs, new_labels)}))
+        requests.append({
+            "seed": seed, "goal": goal, "ids": list(request.ids), "labels": labels.tolist(),
+            "new_labels": None if new_labels is None else new_labels.tolist(), "original": original,
+        })
+        for method in methods:
+            bar.set_postfix(method=method, goal=goal, seed=seed)
+            record = run_request(
+                model, request, method, splits=splits, seed=seed,
+                hyperparams=hyperparams.get(method), progress=progress,
+            )
+            runs.append(record.to_dict())
+            bar.update(1)
+    bar.close()
+    return {
+        "schema_version": DEMO_SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"name": data.name, "n_train": len(data.y_train), "n_test": len(data.y_test)},
+        "model": {
+            "name": type(model).__name__, "sha256": default.sha256, "path": str(default.path),
+            "test_accuracy": default.test_accuracy, "recipe": asdict(default.recipe),
+        },
+        "config": {
+            "k": k, "seeds": list(seeds), "goals": list(goals), "methods": list(methods),
+            "hyperparams": {m: dict(v) for m, v in hyperparams.items()},
+        },
+        "requests": requests,
+        "runs": runs,
+        "summary": summarise(runs),
+        "versions": environment_versions(),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Means over seeds per (goal, method). Diverged runs have no model: they are counted, not averaged."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["goal"], run["method"]), []).append(run)
+    summary = []
+    for (goal, method), group in groups.items():
+        finished = [r for r in group if r["status"] != "diverged"]
+        row: dict[str, Any] = {
+            "goal": goal, "method": method, "runs": len(group),
+            "converged": sum(r["status"] == "converged" for r in group),
+            "diverged": len(group) - len(finished),
+        }
+        for key in ("acc/forget", "acc/retain", "acc/test", "acc/relabel"):
+            values = [r["metrics"][key] for r in finished if key in r["metrics"]]
+            if values:
+                row[f"mean {key}"] = _mean(values)
+                row[f"min {key}"] = min(values)
+        row["mean steps"] = _mean([r["result"]["steps"] for r in finished])
+        row["mean seconds"] = _mean([r["result"]["seconds"] for r in finished])
+        summary.append(row)
+    return summary
+
+
+def demo_tables(report: Mapping[str, Any]) -> str:
+    """The report as text: one table per request, then the summary when there are several seeds."""
+    blocks = []
+    model = report["model"]
+    blocks.append(
+        f"default model: {model['name']} on {report['dataset']['name']}, test accuracy "
+        f"{model['test_accuracy']:.1f} %, sha256 {model['sha256'][:16]}..."
+    )
+    for request in report["requests"]:
+        relabel = request["goal"] == "relabel"
+        headers = ["method", "status", "Acc(D_f)", "Acc(D_r)", "Acc(D_test)"]
+        headers += ["relabeled"] if relabel else []
+        headers += ["steps", "seconds"]
+        orig = request["original"]
+        rows: list[list[object]] = [
+            ["original", "", orig["acc/forget"], orig["acc/retain"], orig["acc/test"]]
+            + ([orig["acc/relabel"]] if relabel else []) + [None, None]
+        ]
+        for run in report["runs"]:
+            if run["seed"] != request["seed"] or run["goal"] != request["goal"]:
+                continue
+            m = run["metrics"]
+            result = run["result"] or {}
+            rows.append(
+                [run["method"], run["status"], m.get("acc/forget"), m.get("acc/retain"), m.get("acc/test")]
+                + ([m.get("acc/relabel")] if relabel else [])
+                + [result.get("steps"), result.get("seconds")]
+            )
+        title = f"\n{request['goal']}, k = {len(request['ids'])}, seed {request['seed']} (accuracies in %)"
+        blocks.append(title + "\n" + format_table(headers, rows))
+        for run in report["runs"]:
+            if run["seed"] == request["seed"] and run["goal"] == request["goal"] and run["error"]:
+                blocks.append(f"  {run['method']} diverged: {run['error']}")
+    if len(report["config"]["seeds"]) > 1:
+        headers = ["goal / method", "converged", "diverged", "Acc(D_f)", "Acc(D_r)", "Acc(D_test)", "min Acc(D_test)", "relabeled", "steps", "seconds"]
+        rows = [
+            [f"{s['goal']} / {s['method']}", f"{s['converged']}/{s['runs']}", s["diverged"],
+             s.get("mean acc/forget"), s.get("mean acc/retain"), s.get("mean acc/test"),
+             s.get("min acc/test"), s.get("mean acc/relabel"), s.get("mean steps"), s.get("mean seconds")]
+            for s in report["summary"]
+        ]
+        blocks.append("\nmeans over seeds " + str(report["config"]["seeds"]) + " (diverged runs excluded)\n" + format_table(headers, rows))
+    return "\n".join(blocks)

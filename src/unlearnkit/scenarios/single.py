@@ -1,0 +1,96 @@
+"""One forget request applied with one method, evaluated on named splits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from unlearnkit.errors import NonFiniteError
+from unlearnkit.methods.base import RetainData
+from unlearnkit.methods.registry import create_method
+from unlearnkit.metrics.accuracy import evaluate
+from unlearnkit.request import ForgetRequest
+
+Status = Literal["converged", "not_converged", "diverged"]
+
+
+@dataclass
+class RunRecord:
+    """The record of one method on one request, ready for a table or JSON.
+
+    Attributes:
+        method: Method name.
+        seed: Seed of the run.
+        goal: ``"misclassify"`` or ``"relabel"``.
+        status: ``converged``, ``not_converged`` (a cap was reached first) or ``diverged`` (the
+            run produced NaN or infinity and its model was discarded).
+        error: The error message of a diverged run.
+        metrics: ``acc/<split>`` after unlearning (and ``relabel`` in relabeling mode), percent;
+            empty for a diverged run.
+        result: :meth:`UnlearnResult.to_dict` of the run; ``None`` for a diverged run.
+    """
+
+    method: str
+    seed: int
+    goal: str
+    status: Status
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+
+    @property
+    def steps(self) -> int | None:
+        """Optimiser steps of the run (``None`` if it diverged)."""
+        return None if self.result is None else self.result["steps"]
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time of the run (``None`` if it diverged)."""
+        return None if self.result is None else self.result["seconds"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def run_request(
+    model: nn.Module,
+    request: ForgetRequest,
+    method: str,
+    *,
+    splits: Mapping[str, tuple[Tensor, Tensor]],
+    seed: int = 0,
+    hyperparams: Mapping[str, Any] | None = None,
+    retain: RetainData | None = None,
+    progress: bool = False,
+) -> RunRecord:
+    """Applies ``method`` to ``request`` on a copy of ``model`` and evaluates the result.
+
+    A run that diverges is recorded as ``diverged`` with its error instead of raising, so that a
+    table of several methods still shows the others; every other error propagates.
+
+    Args:
+        model: The original model (not modified).
+        request: The forget request.
+        method: Registered method name.
+        splits: Named ``(inputs, labels)`` to evaluate after unlearning, e.g. retain and test.
+        seed: Seed of the run.
+        hyperparams: The method's hyperparameters.
+        retain: Retain data, for methods that use it.
+        progress: Show progress bars.
+    """
+    algorithm = create_method(method, **dict(hyperparams or {}))
+    try:
+        result = algorithm.unlearn(model, request, retain=retain, seed=seed, progress=progress)
+    except NonFiniteError as err:
+        return RunRecord(method, seed, request.goal, "diverged", error=str(err))
+    named = dict(splits)
+    named["forget"] = (request.inputs, request.labels)
+    if request.new_labels is not None:
+        named["relabel"] = (request.inputs, request.new_labels)
+    metrics = evaluate(result.model, named)
+    status: Status = "converged" if result.converged else "not_converged"
+    return RunRecord(method, seed, request.goal, status, metrics=metrics, result=result.to_dict())

@@ -1,0 +1,121 @@
+"""The command line, end to end: demo, methods, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import unlearnkit
+from unlearnkit.cli import main, parse_seeds
+
+FAST = ["--set", "n_adv=2", "--set", "pgd_steps=5", "--set", "max_passes=30", "--no-progress"]
+
+
+def run(*args: str) -> tuple[int, str]:
+    """Invokes the CLI in-process; returns the exit code and everything it printed."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_methods_lists_every_registered_method() -> None:
+    code, out = run("methods")
+    assert code == 0
+    for name in unlearnkit.list_methods():
+        assert name in out
+    assert "forget only" in out
+
+
+def test_version() -> None:
+    code, out = run("--version")
+    assert code == 0 and unlearnkit.__version__ in out
+
+
+def test_demo_writes_table_and_json(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "demo.json"
+    code, out = run("demo", "-k", "4", "--seeds", "0-1", "--mode", "both", "--methods", "neggrad,l2ul", *FAST, "-o", str(output))
+    assert code == 0, out
+    assert "Acc(D_test)" in out and "means over seeds" in out and str(output) in out
+    report = json.loads(output.read_text())
+    assert report["schema_version"] == 1
+    assert report["config"]["seeds"] == [0, 1] and report["config"]["goals"] == ["misclassify", "relabel"]
+    assert len(report["requests"]) == 4 and len(report["runs"]) == 8
+    assert report["config"]["hyperparams"]["l2ul"] == {"n_adv": 2, "pgd_steps": 5, "max_passes": 30}
+    assert "n_adv" not in report["config"]["hyperparams"]["neggrad"]
+    for run_ in report["runs"]:
+        assert run_["status"] in {"converged", "not_converged", "diverged"}
+        if run_["status"] != "diverged":
+            assert set(run_["metrics"]) >= {"acc/forget", "acc/retain", "acc/test"}
+            assert len(run_["result"]["outcomes"]) == 4
+            if run_["goal"] == "relabel":
+                assert "acc/relabel" in run_["metrics"]
+    for request in report["requests"]:
+        assert request["original"]["acc/forget"] >= 75.0
+        if request["goal"] == "relabel":
+            assert all(a != b for a, b in zip(request["labels"], request["new_labels"]))
+    assert len(report["model"]["sha256"]) == 64
+    assert not list(output.parent.glob(".*.tmp")), "temporary file left behind"
+
+
+def test_demo_same_seed_same_results(tmp_path: Path) -> None:
+    reports = []
+    for name in ("a.json", "b.json"):
+        code, out = run("demo", "-k", "3", "--methods", "l2ul", *FAST, "-o", str(tmp_path / name))
+        assert code == 0, out
+        reports.append(json.loads((tmp_path / name).read_text()))
+    first, second = (r["runs"][0]["result"] for r in reports)
+    assert first["model_sha256_after"] == second["model_sha256_after"]
+    assert first["outcomes"] == second["outcomes"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--methods", "nope"], "unknown method"),
+        (["demo", "--seeds", "x-2"], "not a seed list"),
+        (["demo", "--seeds", "1,1"], "distinct"),
+        (["demo", "-k", "0"], "0"),
+        (["demo", "--mode", "forget"], "forget"),
+        (["demo", "--methods", "neggrad", "--set", "n_adv=3"], "no chosen method has a hyperparameter 'n_adv'"),
+        (["demo", "--methods", "neggrad", "--set", "l2ul.lr=1"], "not among"),
+        (["demo", "--set", "lr"], "NAME=VALUE"),
+    ],
+)
+def test_demo_usage_errors(args: list[str], message: str) -> None:
+    code, out = run(*args)
+    assert code == 2
+    assert message in out
+
+
+def test_demo_bad_hyperparameter_value_is_a_clean_error(tmp_path: Path) -> None:
+    code, out = run("demo", "--methods", "l2ul", "--set", "lr=-1", "-o", str(tmp_path / "x.json"))
+    assert code == 1
+    assert "lr must be > 0" in out
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_demo_unwritable_output(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, out = run("demo", "-k", "2", "--methods", "neggrad", "--set", "max_steps=1", "-o", str(blocker / "x.json"))
+    assert code == 1
+    assert "cannot write" in out
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3") == [3]
+    assert parse_seeds("0,2-3") == [0, 2, 3]
+
+
+def test_console_script_runs() -> None:
+    """The installed entry point works outside the test process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "unlearnkit.cli", "methods"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "l2ul" in proc.stdout
