@@ -82,7 +82,7 @@ def unlearn(
     else:
         if not isinstance(forget, (tuple, list)) or len(forget) != 2:
             raise InvalidRequestError("forget must be a pair (inputs, labels) or a ForgetRequest")
-        request = ForgetRequest(forget[0], forget[1], new_labels, tuple(ids or ()), input_range)
+        request = ForgetRequest(forget[0], forget[1], new_labels, () if ids is None else ids, input_range)  # type: ignore[arg-type]
     if isinstance(method, UnlearningMethod):
         if hyperparams:
             raise InvalidHyperparameterError(

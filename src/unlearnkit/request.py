@@ -30,8 +30,8 @@ def _as_float_tensor(inputs: ArrayLike) -> Tensor:
         tensor = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, Tensor) else inputs)
     except (TypeError, ValueError) as err:
         raise InvalidRequestError(f"forget inputs cannot be read as a tensor: {err}") from None
-    if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int64, torch.int32)):
-        raise InvalidRequestError(f"forget inputs must be numeric, got dtype {tensor.dtype}")
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise InvalidRequestError(f"forget inputs must be numeric (real numbers), got dtype {tensor.dtype}")
     return tensor if tensor.is_floating_point() else tensor.float()
 
 
@@ -188,10 +188,10 @@ class ForgetRequest:
                     f"{[int(tensor[i]) for i in bad][:10]}"
                 )
 
-    def to(self, device: torch.device | str) -> ForgetRequest:
-        """A copy of this request with its tensors on ``device``."""
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ForgetRequest:
+        """A copy of this request with its tensors on ``device`` (inputs cast to ``dtype`` if given)."""
         return ForgetRequest(
-            self.inputs.to(device),
+            self.inputs.to(device, dtype=dtype),
             self.labels.to(device),
             None if self.new_labels is None else self.new_labels.to(device),
             self.ids,

@@ -25,7 +25,7 @@ from unlearnkit.errors import DataContractError, InvalidHyperparameterError, Inv
 from unlearnkit.request import ForgetRequest
 from unlearnkit.result import InstanceOutcome, UnlearnResult
 from unlearnkit.utils.hashing import state_dict_sha256
-from unlearnkit.utils.modules import check_finite_parameters, predict_logits, resolve_device
+from unlearnkit.utils.modules import check_finite_parameters, model_dtype, predict_logits, resolve_device
 from unlearnkit.utils.versions import environment_versions
 
 DataAccess = Literal["forget", "forget+retain"]
@@ -175,9 +175,11 @@ class UnlearningMethod(abc.ABC):
         self._check_data_contract(request, retain)
         check_finite_parameters(model, "the model to unlearn")
         device = resolve_device(device, model)
+        modes = [m.training for m in model.modules()]
         working = model if inplace else copy.deepcopy(model)
         working.to(device)
-        request = request.to(device)
+        # Inputs follow the model's floating dtype (NumPy hands out float64 by default).
+        request = request.to(device, dtype=model_dtype(working))
         sha_before = state_dict_sha256(model)
 
         logits_before = predict_logits(working, request.inputs)
@@ -201,6 +203,9 @@ class UnlearningMethod(abc.ABC):
             # Global RNG state (dropout masks) is seeded too, and restored for the caller after.
             torch.manual_seed(seed)
             run = self._unlearn(context)
+        # Hand the model back in the train/eval modes it came in (per submodule).
+        for module, training in zip(working.modules(), modes):
+            module.train(training)
         try:
             check_finite_parameters(working, "the unlearned model")
         except ValueError as err:
@@ -300,7 +305,7 @@ def check_positive(**values: float | int | None) -> None:
 def check_non_negative(**values: float | int | None) -> None:
     """Raises :class:`InvalidHyperparameterError` for any value that is < 0 (``None`` passes)."""
     for name, value in values.items():
-        if value is not None and value < 0:
+        if value is not None and not value >= 0:  # also refuses NaN
             raise InvalidHyperparameterError(f"{name} must be >= 0, got {value}")
 
 

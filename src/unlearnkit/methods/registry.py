@@ -22,8 +22,9 @@ def register_method(name: str) -> Callable[[M], M]:
     """
 
     def decorator(cls: M) -> M:
+        METHODS.register(name)(cls)  # raises on a duplicate before touching the class
         cls.name = name
-        return METHODS.register(name)(cls)
+        return cls
 
     return decorator
 

@@ -1,4 +1,4 @@
-"""The embedded default model: a small CNN trained on digits, cached as safetensors.
+"""Pretrained models: the embedded default (a small CNN on digits) and MNIST, cached as safetensors.
 
 The model is trained deterministically from a fixed recipe the first time it is asked for and
 stored in the user's cache directory with its sha256 in a sidecar JSON file; later runs verify
@@ -11,6 +11,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import platformdirs
 import torch
 
 from unlearnkit.data.digits import load_digits_split
+from unlearnkit.data.mnist import load_mnist
 from unlearnkit.data.splits import DataSplit
 from unlearnkit.errors import CheckpointError
 from unlearnkit.metrics.accuracy import accuracy
@@ -29,7 +31,37 @@ from unlearnkit.utils.versions import environment_versions
 #: Environment variable that overrides the cache directory.
 CACHE_ENV = "UNLEARNKIT_CACHE_DIR"
 
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """How one cached model is made: its data, its architecture and its training recipe.
+
+    Attributes:
+        name: Key of the spec (also the data set's name).
+        load_data: Returns the data split.
+        build: Returns the untrained model (called under a seeded RNG).
+        recipe: The training recipe.
+    """
+
+    name: str
+    load_data: Callable[[], DataSplit]
+    build: Callable[[], SmallCNN]
+    recipe: TrainRecipe
+
+    def fingerprint(self) -> str:
+        """Cache key: the spec's name, architecture and recipe."""
+        return f"{self.name}-{type(self.build()).__name__.lower()}-{self.recipe.fingerprint()}"
+
+
 DIGITS_RECIPE = TrainRecipe(epochs=30, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0)
+MNIST_RECIPE = TrainRecipe(epochs=2, batch_size=128, lr=2e-3, weight_decay=1e-4, seed=0)
+
+#: The models unlearnkit can train and cache by name.
+PRETRAINED: dict[str, PretrainedSpec] = {
+    "digits": PretrainedSpec("digits", load_digits_split, lambda: SmallCNN(1, 10, image_size=8), DIGITS_RECIPE),
+    "mnist": PretrainedSpec("mnist", load_mnist, lambda: SmallCNN(1, 10, image_size=28), MNIST_RECIPE),
+}
 
 
 def cache_dir() -> Path:
@@ -62,10 +94,10 @@ class DefaultModel:
     train_seconds: float
 
 
-def _build() -> SmallCNN:
+def _build(spec: PretrainedSpec) -> SmallCNN:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(DIGITS_RECIPE.seed)
-        return SmallCNN(in_channels=1, num_classes=10, image_size=8)
+        torch.manual_seed(spec.recipe.seed)
+        return spec.build()
 
 
 def load_default_model(*, directory: str | Path | None = None, progress: bool = False) -> DefaultModel:
@@ -77,34 +109,53 @@ def load_default_model(*, directory: str | Path | None = None, progress: bool = 
 
     Example:
         >>> import tempfile
-        >>> default = load_default_model(directory=tempfile.mkdtemp())  # trains once, ~10 s
+        >>> default = load_default_model(directory=tempfile.mkdtemp())  # trains once, ~5 s
         >>> default.test_accuracy > 95, default.from_cache
         (True, False)
     """
+    return load_pretrained("digits", directory=directory, progress=progress)
+
+
+def load_pretrained(name: str, *, directory: str | Path | None = None, progress: bool = False) -> DefaultModel:
+    """Loads the model ``name`` (a key of :data:`PRETRAINED`) from the cache, training it on first use.
+
+    Args:
+        name: ``"digits"`` (embedded data) or ``"mnist"`` (reads ``mnist.npz``, see
+            :func:`~unlearnkit.data.mnist.load_mnist`).
+        directory: Cache directory; defaults to :func:`cache_dir`.
+        progress: Show a progress bar while training.
+
+
+    Raises:
+        KeyError: If ``name`` is not a known model.
+    """
+    if name not in PRETRAINED:
+        raise KeyError(f"unknown pretrained model {name!r}; known: {sorted(PRETRAINED)}")
+    spec = PRETRAINED[name]
     directory = Path(directory) if directory is not None else cache_dir()
-    stem = f"digits-smallcnn-{DIGITS_RECIPE.fingerprint()}"
+    stem = spec.fingerprint()
     path, sidecar = directory / f"{stem}.safetensors", directory / f"{stem}.json"
-    data = load_digits_split()
-    model = _build()
+    data = spec.load_data()
+    model = _build(spec)
     if path.is_file() and sidecar.is_file():
         try:
             record = json.loads(sidecar.read_text())
             load_state_dict(model, path, expected_sha256=record["sha256"])
             return DefaultModel(
                 model.eval(), data, path, record["sha256"], accuracy(model, data.x_test, data.y_test),
-                DIGITS_RECIPE, True, 0.0,
+                spec.recipe, True, 0.0,
             )
         except (CheckpointError, KeyError, json.JSONDecodeError) as err:
             warnings.warn(f"cached default model is unusable ({err}); retraining it", stacklevel=2)
-            model = _build()
+            model = _build(spec)
     started = time.perf_counter()
-    train_classifier(model, data.x_train, data.y_train, DIGITS_RECIPE, progress=progress)
+    train_classifier(model, data.x_train, data.y_train, spec.recipe, progress=progress)
     seconds = time.perf_counter() - started
     test_acc = accuracy(model, data.x_test, data.y_test)
-    sha = save_state_dict(model, path, metadata={"recipe": json.dumps(asdict(DIGITS_RECIPE))})
+    sha = save_state_dict(model, path, metadata={"recipe": json.dumps(asdict(spec.recipe))})
     record = {
         "sha256": sha,
-        "recipe": asdict(DIGITS_RECIPE),
+        "recipe": asdict(spec.recipe),
         "test_accuracy": test_acc,
         "train_seconds": seconds,
         "versions": environment_versions(),
@@ -112,4 +163,4 @@ def load_default_model(*, directory: str | Path | None = None, progress: bool = 
     tmp = sidecar.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, sidecar)
-    return DefaultModel(model, data, path, sha, test_acc, DIGITS_RECIPE, False, seconds)
+    return DefaultModel(model, data, path, sha, test_acc, spec.recipe, False, seconds)

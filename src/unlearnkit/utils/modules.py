@@ -20,6 +20,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter; float32 if it has none."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
 def resolve_device(device: torch.device | str | None, model: nn.Module) -> torch.device:
     """``device`` if given, else the model's own device (so CUDA models stay on CUDA)."""
     return torch.device(device) if device is not None else model_device(model)
