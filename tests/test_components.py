@@ -1,10 +1,12 @@
-"""The building blocks of methods, each tested on its own: attacks, importance, penalties,
-stopping, the optimisation loop, batching and losses."""
+"""The building blocks of methods, each tested on its own: attacks (plain and calibrated),
+shifted copies, importance, penalties, stopping, the optimisation loop, batching, losses and
+optimisers."""
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,10 +29,18 @@ from unlearnkit.components import (
     min_max_normalise,
     targeted_pgd,
 )
-from unlearnkit.components.attacks import Norm
-from unlearnkit.components.batching import cycled_batches, random_other_classes, shuffled_batches
+from unlearnkit.components import attacks as attacks_module
+from unlearnkit.components.attacks import CalibratedAttack, Norm, calibrated_targeted_pgd
+from unlearnkit.components.augment import shifted_copies
+from unlearnkit.components.batching import (
+    balanced_other_classes,
+    cycled_batches,
+    random_other_classes,
+    shuffled_batches,
+)
 from unlearnkit.components.loop import LoopOutcome, optimise_until
-from unlearnkit.components.losses import forget_loss
+from unlearnkit.components.losses import distillation_loss, forget_hinge_loss, forget_loss
+from unlearnkit.components.optim import make_optimizer
 from unlearnkit.components.stopping import label_margin
 from unlearnkit.data import DataSplit
 from unlearnkit.models import SmallCNN
@@ -114,16 +124,20 @@ def test_pgd_clamps_to_input_range() -> None:
     assert narrow.min() >= 0.2 and narrow.max() <= 0.8
 
 
-def test_pgd_default_step_size_is_eps_over_40() -> None:
+def test_pgd_default_step_size_is_two_and_a_half_radii_over_the_steps() -> None:
+    """The default step is 2.5 * eps / steps: the paper's 0.1 at eps 4.0 and 100 steps."""
     model = _linear_model()
     x = torch.rand(5, 1, 8, 8, generator=_gen(1))
     targets = torch.tensor([0, 1, 2, 3, 4])
-    l2 = targeted_pgd(model, x, targets, eps=0.8, steps=1, random_start=False, input_range=None)
-    assert torch.allclose(_l2(l2 - x), torch.full((5,), 0.8 / 40), atol=1e-6)
-    linf = targeted_pgd(
-        model, x, targets, eps=0.4, steps=1, norm="linf", random_start=False, input_range=None
-    )
-    assert torch.allclose((linf - x).abs(), torch.full_like(x, 0.4 / 40), atol=1e-6)
+    for norm, eps, steps in (("l2", 0.8, 10), ("linf", 0.4, 20)):
+        default = targeted_pgd(model, x, targets, eps=eps, steps=steps, norm=norm, random_start=False, input_range=None)
+        explicit = targeted_pgd(
+            model, x, targets, eps=eps, steps=steps, step_size=2.5 * eps / steps, norm=norm,
+            random_start=False, input_range=None,
+        )
+        assert torch.equal(default, explicit)
+    one_step = targeted_pgd(model, x, targets, eps=0.8, steps=1, step_size=0.02, random_start=False, input_range=None)
+    assert torch.allclose(_l2(one_step - x), torch.full((5,), 0.02), atol=1e-6)
 
 
 def test_pgd_steps_lower_the_target_loss() -> None:
@@ -229,6 +243,169 @@ def test_pgd_rejects_bad_arguments() -> None:
 )
 def test_default_l2_eps(shape: tuple[int, ...], expected: float) -> None:
     assert default_l2_eps(shape) == pytest.approx(expected, rel=1e-12)
+
+
+# -- calibrated_targeted_pgd -----------------------------------------------------------------------
+
+
+def _calibration_case() -> tuple[nn.Module, Tensor, Tensor]:
+    """An untrained linear model, 40 random images and a target other than each prediction.
+
+    At eps 0.2 with 10 steps about 2 % of the copies reach their target; doubling the radius
+    reaches more each round and all of them by the sixth.
+    """
+    model = _linear_model(0)
+    x = torch.rand(40, 1, 8, 8, generator=_gen(1))
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    targets = (pred + 1 + torch.arange(40) % 9) % 10
+    return model, x, targets
+
+
+def _calibrated(rounds: int, growth: float = 2.0, **kwargs: Any) -> CalibratedAttack:
+    """The calibrated attack on ``_calibration_case`` from eps 0.2 with 10 steps, seed 0."""
+    model, x, targets = _calibration_case()
+    return calibrated_targeted_pgd(
+        model, x, targets, eps=0.2, rounds=rounds, growth=growth, steps=10, generator=_gen(0),
+        **kwargs,
+    )
+
+
+def test_calibrated_pgd_success_never_decreases_with_more_rounds() -> None:
+    attacks = [_calibrated(r) for r in range(1, 7)]
+    rates = [float(a.reached.float().mean()) for a in attacks]
+    assert rates == sorted(rates)
+    assert rates[0] < 0.5 and rates[-1] == 1.0  # the case is not trivial
+    for fewer, more in zip(attacks, attacks[1:], strict=False):
+        assert bool((more.reached | ~fewer.reached).all())  # reached stays reached
+        assert more.first_round_success == attacks[0].first_round_success
+        # what the shorter run reached is the same example at the same radius in the longer one
+        assert torch.equal(more.adversarial[fewer.reached], fewer.adversarial[fewer.reached])
+        assert torch.equal(more.eps[fewer.reached], fewer.eps[fewer.reached])
+
+
+@pytest.mark.parametrize("growth, rounds", [(2.0, 4), (3.0, 3)])
+def test_calibrated_pgd_grows_radii_only_for_unreached_examples(growth: float, rounds: int) -> None:
+    model, x, targets = _calibration_case()
+    attacks = [_calibrated(r, growth) for r in range(1, rounds + 1)]
+    final = attacks[-1]
+    # The round in which each example was first reached (``rounds`` if never).
+    first_reached = torch.full((40,), rounds)
+    for k in reversed(range(rounds)):
+        first_reached[attacks[k].reached] = k
+    expected = 0.2 * growth ** first_reached.clamp(max=rounds - 1).float()
+    assert torch.allclose(final.eps, expected)
+    unreached = ~final.reached
+    assert bool(unreached.any()) and bool(final.reached.any())  # both kinds occur
+    last = 0.2 * growth ** (rounds - 1)  # the last round's radius: not grown after it
+    assert torch.allclose(final.eps[unreached], torch.full((int(unreached.sum()),), last))
+    # each adversarial example lies in the ball of its own radius, and reached means reached
+    assert (_l2(final.adversarial - x) <= final.eps + 1e-5).all()
+    with torch.no_grad():
+        assert torch.equal(model(final.adversarial).argmax(1) == targets, final.reached)
+
+
+def test_calibrated_pgd_attacks_only_the_unreached(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real = attacks_module.targeted_pgd
+
+    def counting(model: nn.Module, inputs: Tensor, targets: Tensor, **kwargs: Any) -> Tensor:
+        sizes.append(inputs.shape[0])
+        return real(model, inputs, targets, **kwargs)
+
+    attacks = [_calibrated(r) for r in (1, 2)]
+    monkeypatch.setattr(attacks_module, "targeted_pgd", counting)
+    _calibrated(3)
+    unreached = [40 - int(a.reached.sum()) for a in attacks]
+    assert sizes == [40, *unreached]
+    sizes.clear()
+    final = _calibrated(10)  # stops once every example is reached
+    assert bool(final.reached.all()) and len(sizes) < 10
+
+
+def test_calibrated_pgd_one_round_is_targeted_pgd_with_success_flags() -> None:
+    model, x, targets = _calibration_case()
+    for norm, eps in (("l2", 0.8), ("linf", 0.05)):
+        attack = calibrated_targeted_pgd(
+            model, x, targets, eps=eps, rounds=1, steps=10, norm=norm, generator=_gen(3)
+        )
+        plain = targeted_pgd(model, x, targets, eps=eps, steps=10, norm=norm, generator=_gen(3))
+        assert torch.equal(attack.adversarial, plain)
+        with torch.no_grad():
+            assert torch.equal(attack.reached, model(plain).argmax(1) == targets)
+        assert torch.equal(attack.eps, torch.full((40,), eps))
+        assert attack.first_round_success == pytest.approx(float(attack.reached.float().mean()))
+        assert 0 < attack.first_round_success < 1, norm
+
+
+def test_calibrated_pgd_honours_a_fixed_step_size() -> None:
+    model, x, targets = _calibration_case()
+    attack = calibrated_targeted_pgd(
+        model, x, targets, eps=0.2, rounds=1, steps=1, step_size=0.05, random_start=False,
+        input_range=None,
+    )
+    assert torch.allclose(_l2(attack.adversarial - x), torch.full((40,), 0.05), atol=1e-6)
+
+
+@pytest.mark.parametrize("rounds", [0, -1])
+def test_calibrated_pgd_rejects_rounds_below_one(rounds: int) -> None:
+    model, x, targets = _calibration_case()
+    with pytest.raises(ValueError, match=f"rounds must be >= 1, got {rounds}"):
+        calibrated_targeted_pgd(model, x, targets, eps=0.2, rounds=rounds)
+
+
+# -- shifted_copies --------------------------------------------------------------------------------
+
+
+def _manual_shift(image: Tensor, dy: int, dx: int) -> Tensor:
+    """``image`` (C, H, W) moved down by ``dy`` and right by ``dx``, edges replicated."""
+    _, h, w = image.shape
+    rows = (torch.arange(h) - dy).clamp(0, h - 1)
+    cols = (torch.arange(w) - dx).clamp(0, w - 1)
+    return image[:, rows][:, :, cols]
+
+
+@pytest.mark.parametrize("max_shift", [1, 2])
+def test_shifted_copies_are_every_shift_with_edge_replication(max_shift: int) -> None:
+    images = torch.rand(3, 2, 5, 6, generator=_gen(0))
+    copies, source = shifted_copies(images, max_shift)
+    per_image = (2 * max_shift + 1) ** 2 - 1
+    assert copies.shape == (3 * per_image, 2, 5, 6)
+    assert source.dtype == torch.long and source.shape == (3 * per_image,)
+    assert torch.bincount(source, minlength=3).tolist() == [per_image] * 3
+    shifts = [
+        (dy, dx)
+        for dy in range(-max_shift, max_shift + 1)
+        for dx in range(-max_shift, max_shift + 1)
+        if (dy, dx) != (0, 0)
+    ]
+    for i in range(3):
+        mine = copies[source == i]
+        expected = torch.stack([_manual_shift(images[i], dy, dx) for dy, dx in shifts])
+        # the same set of images, in any order: a one-to-one match
+        matches = (mine.flatten(1)[:, None] == expected.flatten(1)[None]).all(dim=2)
+        assert matches.sum(dim=1).tolist() == [1] * per_image
+        assert matches.sum(dim=0).tolist() == [1] * per_image
+        assert not (mine.flatten(1) == images[i].flatten()).all(dim=1).any()  # no identity copy
+
+
+def test_shifted_copies_by_one_pixel_by_hand() -> None:
+    image = torch.arange(9.0).view(1, 1, 3, 3)
+    copies, _ = shifted_copies(image, 1)
+    as_lists = [c[0].tolist() for c in copies]
+    assert [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [3.0, 3.0, 4.0]] in as_lists  # down 1, right 1
+    assert [[4.0, 5.0, 5.0], [7.0, 8.0, 8.0], [7.0, 8.0, 8.0]] in as_lists  # up 1, left 1
+    assert [[1.0, 2.0, 2.0], [4.0, 5.0, 5.0], [7.0, 8.0, 8.0]] in as_lists  # left 1
+    assert len(as_lists) == 8
+
+
+def test_shifted_copies_zero_shift_and_bad_shapes() -> None:
+    images = torch.rand(2, 1, 4, 4)
+    copies, source = shifted_copies(images, 0)
+    assert copies.shape == (0, 1, 4, 4) and source.shape == (0,)
+    for bad in (torch.rand(2, 16), torch.rand(2, 4, 4), torch.rand(1, 2, 1, 4, 4)):
+        with pytest.raises(ValueError, match=r"need \(N, C, H, W\) images"):
+            shifted_copies(bad, 1)
 
 
 # -- MAS importance --------------------------------------------------------------------------------
@@ -659,6 +836,42 @@ def test_random_other_classes_needs_two_classes() -> None:
         random_other_classes(torch.tensor([0]), 1, _gen(0))
 
 
+@pytest.mark.parametrize(
+    "num_classes, per_instance", [(10, 9), (10, 18), (3, 4), (10, 20), (5, 3), (2, 3)]
+)
+def test_balanced_other_classes(num_classes: int, per_instance: int) -> None:
+    labels = torch.arange(num_classes).repeat(4)
+    targets = balanced_other_classes(labels, per_instance, num_classes, _gen(0))
+    assert targets.shape == (len(labels) * per_instance,) and targets.dtype == torch.long
+    rows = targets.view(len(labels), per_instance)  # instance-major
+    assert (rows != labels[:, None]).all()  # never the label
+    assert rows.min() >= 0 and rows.max() < num_classes
+    for label, row in zip(labels.tolist(), rows, strict=True):
+        counts = torch.bincount(row, minlength=num_classes)
+        others = torch.cat([counts[:label], counts[label + 1 :]])
+        assert int(others.max() - others.min()) <= 1  # spread evenly over the other classes
+        if per_instance % (num_classes - 1) == 0:
+            assert (others == per_instance // (num_classes - 1)).all()
+    totals = torch.bincount(targets, minlength=num_classes)
+    if per_instance % (num_classes - 1) == 0:
+        assert (totals == totals[0]).all()  # every class receives the same number of targets
+    else:
+        assert int(totals.max() - totals.min()) <= len(labels)  # at most 1 per instance apart
+    assert torch.equal(targets, balanced_other_classes(labels, per_instance, num_classes, _gen(0)))
+    if num_classes > 2:
+        assert not torch.equal(
+            targets, balanced_other_classes(labels, per_instance, num_classes, _gen(1))
+        )
+
+
+def test_balanced_other_classes_by_hand_and_errors() -> None:
+    two = balanced_other_classes(torch.tensor([0, 1]), 3, 2, _gen(0))
+    assert two.tolist() == [1, 1, 1, 0, 0, 0]
+    assert balanced_other_classes(torch.tensor([2, 0]), 0, 5, _gen(0)).shape == (0,)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        balanced_other_classes(torch.tensor([0]), 3, 1, _gen(0))
+
+
 # -- losses ----------------------------------------------------------------------------------------
 
 
@@ -667,3 +880,97 @@ def test_forget_loss() -> None:
     labels, new = torch.tensor([0, 1]), torch.tensor([2, 0])
     assert torch.allclose(forget_loss(logits, labels), -F.cross_entropy(logits, labels))
     assert torch.allclose(forget_loss(logits, labels, new), F.cross_entropy(logits, new))
+
+
+def test_forget_hinge_loss_by_hand() -> None:
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 1.2, 0.0]])
+    labels = torch.tensor([0, 0, 0])
+    # label margins 2.0, -2.0, -0.2 -> relu(0.5 + m) = 2.5, 0, 0.3
+    assert float(forget_hinge_loss(logits, labels)) == pytest.approx((2.5 + 0.0 + 0.3) / 3)
+    assert float(forget_hinge_loss(logits, labels, margin=0.0)) == pytest.approx(2.0 / 3)
+    new = torch.tensor([1, 1, 2])
+    # new-label margins -2.0, 1.0, -1.2 -> relu(0.5 - m) = 2.5, 0, 1.7
+    assert float(forget_hinge_loss(logits, labels, new)) == pytest.approx((2.5 + 0.0 + 1.7) / 3)
+    assert float(forget_hinge_loss(logits, labels, new, margin=2.0)) == pytest.approx(
+        (4.0 + 1.0 + 3.2) / 3
+    )
+
+
+@pytest.mark.parametrize("relabel", [False, True], ids=["misclassify", "relabel"])
+def test_forget_hinge_loss_ignores_instances_past_the_margin(relabel: bool) -> None:
+    # Label 0 (new label 1). Row 0 is far from its goal, row 1 meets it by more than the margin,
+    # row 2 meets it by less than the margin.
+    logits = torch.tensor([[3.0, 0.0, 1.0], [0.0, 4.0, 1.0], [0.0, 0.3, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 0, 0])
+    new = torch.tensor([1, 1, 1]) if relabel else None
+    forget_hinge_loss(logits, labels, new, margin=0.5).backward()
+    grad = logits.grad
+    assert grad is not None
+    assert torch.equal(grad[1], torch.zeros(3))  # past the margin: no push at all
+    assert grad[2].abs().sum() > 0  # inside the margin: still pushed
+    # Row 0: misclassify lowers the label's logit and raises the best rival (class 2);
+    # relabel raises the new label's logit and lowers the best rival (class 0).
+    if relabel:
+        assert grad[0].tolist() == pytest.approx([1 / 3, -1 / 3, 0.0])
+    else:
+        assert grad[0].tolist() == pytest.approx([1 / 3, 0.0, -1 / 3])
+
+
+def test_forget_hinge_loss_is_bounded_by_the_logits() -> None:
+    logits = torch.randn(50, 10, generator=_gen(0)) * 100
+    labels = torch.randint(0, 10, (50,), generator=_gen(1))
+    loss = forget_hinge_loss(logits, labels)
+    assert 0.0 <= float(loss) <= float(logits.max() - logits.min()) + 0.5
+
+
+def test_distillation_loss() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.2, 0.3]])
+    student = F.softmax(logits, dim=1)
+    assert float(distillation_loss(logits, student)) == pytest.approx(0.0, abs=1e-7)
+    teacher = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
+    # KL(teacher || student) per example, averaged over the batch
+    by_hand = sum(
+        float(p) * (math.log(float(p)) - math.log(float(q)))
+        for t_row, s_row in zip(teacher, student, strict=True)
+        for p, q in zip(t_row, s_row, strict=True)
+    ) / 2
+    assert float(distillation_loss(logits, teacher)) == pytest.approx(by_hand, rel=1e-5)
+    assert by_hand > 0
+    # a zero teacher probability contributes nothing (0 log 0 = 0)
+    one_hot = torch.tensor([[1.0, 0.0, 0.0]])
+    assert float(distillation_loss(logits[:1], one_hot)) == pytest.approx(
+        -math.log(float(student[0, 0])), rel=1e-5
+    )
+    # logits shifted by a constant are the same distribution
+    assert float(distillation_loss(logits + 7.0, teacher)) == pytest.approx(by_hand, rel=1e-5)
+
+
+# -- optimisers ------------------------------------------------------------------------------------
+
+
+def test_make_optimizer() -> None:
+    model = nn.Linear(3, 2)
+    sgd = make_optimizer("sgd", model.parameters(), lr=0.1, momentum=0.5, weight_decay=0.01)
+    assert isinstance(sgd, torch.optim.SGD)
+    group = sgd.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.5, 0.01)
+    assert len(group["params"]) == 2
+    adam = make_optimizer("adam", model.parameters(), lr=1e-3, momentum=0.5, weight_decay=0.02)
+    assert isinstance(adam, torch.optim.Adam)
+    assert (adam.param_groups[0]["lr"], adam.param_groups[0]["weight_decay"]) == (1e-3, 0.02)
+    assert make_optimizer("sgd", model.parameters(), lr=1.0).param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam', got 'rmsprop'"):
+        make_optimizer("rmsprop", model.parameters(), lr=1.0)  # type: ignore[arg-type]
+
+
+def test_make_optimizer_steps_by_hand() -> None:
+    weight = nn.Parameter(torch.tensor([1.0, -2.0]))
+    sgd = make_optimizer("sgd", [weight], lr=0.1, momentum=0.9, weight_decay=0.5)
+    (weight * torch.tensor([3.0, 4.0])).sum().backward()
+    sgd.step()  # first step: w - lr * (grad + wd * w)
+    assert torch.allclose(weight.detach(), torch.tensor([1.0 - 0.1 * 3.5, -2.0 - 0.1 * 3.0]))
+    other = nn.Parameter(torch.tensor([1.0, -2.0]))
+    adam = make_optimizer("adam", [other], lr=0.01)
+    (other * torch.tensor([3.0, -4.0])).sum().backward()
+    adam.step()  # Adam's first step is lr * sign(grad)
+    assert torch.allclose(other.detach(), torch.tensor([0.99, -1.99]), atol=1e-6)

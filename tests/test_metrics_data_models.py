@@ -1,5 +1,5 @@
-"""Accuracy metrics, the digits data and forget-set draws, the models and their training and
-cache, and the utilities (checkpoints, hashes, module helpers)."""
+"""Accuracy metrics, the digits and MNIST data and forget-set draws, the models and their
+training and cache, and the utilities (checkpoints, hashes, module helpers)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import unlearnkit
 from helpers import modes, same_state, same_weights, snapshot
 from unlearnkit import CheckpointError, InvalidModelError, InvalidRequestError
 from unlearnkit.data import DataSplit, draw_forget_indices, load_digits_split, random_new_labels
+from unlearnkit.data import mnist as mnist_module
+from unlearnkit.data.mnist import DATA_ENV, default_data_dir, load_mnist
 from unlearnkit.metrics.accuracy import accuracy
 from unlearnkit.models import (
     DefaultModel,
@@ -28,7 +30,7 @@ from unlearnkit.models import (
     load_default_model,
     train_classifier,
 )
-from unlearnkit.models.pretrained import DIGITS_RECIPE, cache_dir
+from unlearnkit.models.pretrained import DIGITS_RECIPE, PRETRAINED, cache_dir, load_pretrained
 from unlearnkit.utils import checkpoint as checkpoint_module
 from unlearnkit.utils.checkpoint import load_state_dict, save_state_dict
 from unlearnkit.utils.hashing import array_sha256, file_sha256, state_dict_sha256, tensor_sha256
@@ -36,8 +38,10 @@ from unlearnkit.utils.modules import (
     check_finite_parameters,
     eval_mode,
     model_device,
+    model_dtype,
     predict_logits,
     resolve_device,
+    train_with_frozen_batchnorm,
 )
 from unlearnkit.utils.versions import environment_versions
 
@@ -180,6 +184,136 @@ def test_random_new_labels() -> None:
     )
 
 
+# -- MNIST -----------------------------------------------------------------------------------------
+
+#: The array shapes of the real ``mnist.npz``.
+MNIST_SHAPES = {
+    "x_train": (60000, 28, 28),
+    "y_train": (60000,),
+    "x_test": (10000, 28, 28),
+    "y_test": (10000,),
+}
+
+
+def _write_npz(path: Path, **overrides: np.ndarray | None) -> Path:
+    """Writes an ``mnist.npz``-like file of zero arrays of the real shapes.
+
+    ``overrides`` replaces an array (or, with ``None``, leaves it out).
+    """
+    arrays = {key: np.zeros(shape, dtype=np.uint8) for key, shape in MNIST_SHAPES.items()}
+    for key, value in overrides.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def test_load_mnist_missing_file_names_the_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nowhere" / "mnist.npz"
+    with pytest.raises(FileNotFoundError, match=f"MNIST not found at {missing}.*{DATA_ENV}"):
+        load_mnist(missing)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"MNIST not found at {tmp_path / 'mnist.npz'}"):
+        load_mnist()
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("x_test", None, r"has no array 'x_test'"),
+        ("y_train", None, r"has no array 'y_train'"),
+        (
+            "x_train",
+            np.zeros((100, 28, 28), np.uint8),
+            r"x_train has shape \(100, 28, 28\), expected \(60000, 28, 28\)",
+        ),
+        (
+            "x_test",
+            np.zeros((10000, 784), np.uint8),
+            r"x_test has shape \(10000, 784\), expected \(10000, 28, 28\)",
+        ),
+        (
+            "y_test",
+            np.zeros((10000, 1), np.uint8),
+            r"y_test has shape \(10000, 1\), expected \(10000,\)",
+        ),
+    ],
+)
+def test_load_mnist_rejects_wrong_arrays(
+    tmp_path: Path, key: str, value: np.ndarray | None, match: str
+) -> None:
+    path = _write_npz(tmp_path / "mnist.npz", **{key: value})
+    with pytest.raises(ValueError, match=match):
+        load_mnist(path)
+
+
+def test_load_mnist_rejects_a_file_that_is_not_an_npz(tmp_path: Path) -> None:
+    path = tmp_path / "mnist.npz"
+    path.write_bytes(b"not an archive")
+    with pytest.raises((ValueError, OSError)):
+        load_mnist(path)
+
+
+def test_load_mnist_refuses_pickled_arrays(tmp_path: Path) -> None:
+    path = _write_npz(tmp_path / "mnist.npz", y_test=np.array([None] * 10000, dtype=object))
+    with pytest.raises(ValueError, match="pickle"):
+        load_mnist(path)
+
+
+def test_load_mnist_converts_a_well_formed_file(tmp_path: Path) -> None:
+    x_train = np.zeros(MNIST_SHAPES["x_train"], np.uint8)
+    x_train[0, 0, 0], x_train[1, 5, 7] = 255, 51
+    y_train = (np.arange(60000) % 10).astype(np.uint8)
+    path = _write_npz(tmp_path / "mnist.npz", x_train=x_train, y_train=y_train)
+    data = load_mnist(str(path))  # a str path works too
+    assert data.name == "mnist" and data.num_classes == 10
+    assert tuple(data.x_train.shape) == (60000, 1, 28, 28)
+    assert tuple(data.x_test.shape) == (10000, 1, 28, 28)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.input_shape == (1, 28, 28)
+    assert float(data.x_train[0, 0, 0, 0]) == 1.0
+    assert float(data.x_train[1, 0, 5, 7]) == pytest.approx(0.2)
+    assert float(data.x_train.sum()) == pytest.approx(1.2)
+    assert torch.equal(data.y_train[:12], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
+
+
+def test_default_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "elsewhere"))
+    assert default_data_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv(DATA_ENV)
+    # ../shared/data beside the current directory wins when it exists ...
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert default_data_dir() == tmp_path / "shared" / "data"
+    # ... else the one beside the source checkout, else the current directory's candidate.
+    (tmp_path / "other" / "lonely").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "other" / "lonely")
+    beside_source = Path(mnist_module.__file__).resolve().parents[4] / "shared" / "data"
+    expected = beside_source if beside_source.is_dir() else tmp_path / "other" / "shared" / "data"
+    assert default_data_dir() == expected
+
+
+@pytest.mark.slow
+def test_load_mnist_real_file() -> None:
+    path = default_data_dir() / "mnist.npz"
+    if not path.is_file():
+        pytest.skip(f"no MNIST at {path}")
+    data = load_mnist()
+    assert tuple(data.x_train.shape) == (60000, 1, 28, 28)
+    assert tuple(data.x_test.shape) == (10000, 1, 28, 28)
+    assert data.y_train.shape == (60000,) and data.y_test.shape == (10000,)
+    assert data.x_train.dtype == torch.float32 and data.y_test.dtype == torch.int64
+    assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
+    counts = torch.bincount(data.y_train, minlength=10)
+    assert counts.shape == (10,) and int(counts.min()) > 5000  # every digit, roughly balanced
+    assert set(data.y_test.tolist()) == set(range(10))
+
+
 # -- models ----------------------------------------------------------------------------------------
 
 
@@ -319,6 +453,44 @@ def test_default_model_uses_the_cache_dir_from_the_environment(
     monkeypatch.setenv("UNLEARNKIT_CACHE_DIR", str(tmp_path))
     loaded = load_default_model()
     assert loaded.from_cache and loaded.path.parent == tmp_path
+    assert same_weights(loaded.model, default_model.model)
+
+
+def test_pretrained_specs() -> None:
+    assert set(PRETRAINED) == {"digits", "mnist"}
+    for name, spec in PRETRAINED.items():
+        assert spec.name == name
+        assert spec.fingerprint().startswith(f"{name}-smallcnn-")
+    size = {"digits": 8, "mnist": 28}
+    for name, spec in PRETRAINED.items():
+        model = spec.build()
+        assert model(torch.rand(2, 1, size[name], size[name])).shape == (2, 10)
+    assert PRETRAINED["digits"].fingerprint() != PRETRAINED["mnist"].fingerprint()
+
+
+def test_load_pretrained_unknown_name(tmp_path: Path) -> None:
+    message = r"unknown pretrained model 'cifar'; known: \['digits', 'mnist'\]"
+    with pytest.raises(KeyError, match=message):
+        load_pretrained("cifar", directory=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_pretrained_mnist_without_data_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNLEARNKIT_DATA_DIR", str(tmp_path / "no-data"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(FileNotFoundError, match="MNIST not found"):
+        load_pretrained("mnist", directory=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_load_pretrained_digits_is_the_default_model(
+    default_model: DefaultModel, default_dir: Path
+) -> None:
+    loaded = load_pretrained("digits", directory=default_dir)
+    assert loaded.from_cache and loaded.path == default_model.path
     assert same_weights(loaded.model, default_model.model)
 
 
@@ -514,6 +686,61 @@ def test_check_finite_parameters_names_the_tensor() -> None:
         match=r"mine has NaN or infinite values in 1 tensor\(s\): \['head.0.bias'\]",
     ):
         check_finite_parameters(model, "mine")
+
+
+def test_train_with_frozen_batchnorm() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(48, 8),
+        nn.BatchNorm1d(8),
+        nn.Dropout(0.5),
+        nn.Linear(8, 2),
+    ).eval()
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(6, 1, 4, 4))  # non-default running statistics
+    model.eval()
+    state = snapshot(model)
+    assert train_with_frozen_batchnorm(model) is model
+    is_bn = [isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()]
+    assert modes(model) == [not bn for bn in is_bn]
+    x = torch.rand(5, 1, 4, 4)
+    out = model(x)
+    out.sum().backward()
+    assert same_state(model, state)  # running statistics and num_batches_tracked unchanged
+    assert model[1].weight.grad is not None  # the affine weights still learn
+    # Dropout is active: two forward passes differ.
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+    # BatchNorm normalises with its running statistics, as in eval mode.
+    with torch.no_grad():
+        features = model[:2](x)
+        assert torch.allclose(features, copy.deepcopy(model).eval()[:2](x))
+
+
+def test_model_dtype() -> None:
+    assert model_dtype(nn.Linear(2, 2)) == torch.float32
+    assert model_dtype(nn.Linear(2, 2).double()) == torch.float64
+    assert model_dtype(nn.ReLU()) == torch.float32  # no parameters
+    half_first = nn.Sequential(nn.Embedding(3, 2), nn.Linear(2, 2))
+    half_first[0].half()
+    assert model_dtype(half_first) == torch.float16  # the first floating parameter decides
+
+
+def test_double_precision_model_is_unlearned_in_double(
+    forget: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double()
+    x = forget[0].double()
+    labels = predict_logits(model, x).argmax(1)
+    result = unlearnkit.unlearn(model, (x.float(), labels), method="neggrad", lr=0.01)
+    assert result.converged
+    assert next(result.model.parameters()).dtype == torch.float64
 
 
 def test_devices() -> None:

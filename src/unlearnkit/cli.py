@@ -86,6 +86,10 @@ def methods() -> None:
 
 
 @main.command()
+@click.option(
+    "--dataset", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True,
+    help="digits is embedded; mnist reads mnist.npz from $UNLEARNKIT_DATA_DIR or ../shared/data.",
+)
 @click.option("-k", "--k", "k", default=16, show_default=True, type=click.IntRange(min=1), help="Forget instances per request.")
 @click.option("--seed", "--seeds", "seeds", default="0", show_default=True, help="Seed(s): 0, 0-4 or 0,2,5; one request per seed.")
 @click.option(
@@ -104,10 +108,11 @@ def methods() -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Model cache directory.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 def demo(
+    dataset: str,
     k: int, seeds: str, mode: str, method_spec: str, settings: tuple[str, ...], output: Path,
     cache_dir: Path | None, progress: bool | None,
 ) -> None:
-    """Unlearn k random digits training instances from the default CNN with each method.
+    """Unlearn k random training instances from a pretrained CNN with each method.
 
     Trains the default model on first use (about 5 s; cached afterwards), prints a table of
     Acc(D_f), Acc(D_r), Acc(D_test) before and after, steps, seconds and convergence, and writes
@@ -121,12 +126,14 @@ def demo(
     show = sys.stderr.isatty() if progress is None else progress
     try:
         report = run_demo(
-            k=k, seeds=parse_seeds(seeds), goals=goals, methods=chosen,  # type: ignore[arg-type]
+            dataset=dataset, k=k, seeds=parse_seeds(seeds), goals=goals, methods=chosen,  # type: ignore[arg-type]
             hyperparams=parse_settings(settings, chosen), cache_directory=cache_dir, progress=show,
         )
         click.echo(demo_tables(report))
         write_json_atomic(output, report)
     except UnlearnkitError as err:
+        raise click.ClickException(str(err)) from err
+    except FileNotFoundError as err:
         raise click.ClickException(str(err)) from err
     except OSError as err:
         raise click.ClickException(f"cannot write {output}: {err}") from err

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from unlearnkit.data.splits import draw_forget_indices, random_new_labels
 from unlearnkit.metrics.accuracy import evaluate
-from unlearnkit.models.pretrained import load_default_model
+from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
 from unlearnkit.request import ForgetRequest, Goal
 from unlearnkit.scenarios.single import run_request
@@ -31,6 +31,7 @@ DEFAULT_DEMO_METHODS: tuple[str, ...] = ("neggrad", "l2ul_adv", "l2ul")
 
 def run_demo(
     *,
+    dataset: str = "digits",
     k: int = 16,
     seeds: Sequence[int] = (0,),
     goals: Sequence[Goal] = ("misclassify",),
@@ -39,13 +40,15 @@ def run_demo(
     cache_directory: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Runs every method on k random forget instances of the default digits model.
+    """Runs every method on k random forget instances of a pretrained model (default: digits).
 
     For each seed and goal, ``k`` training instances are drawn with that seed (in relabeling
     mode each gets a random new label, also seeded) and every method unlearns them from the same
     original model.
 
     Args:
+        dataset: ``"digits"`` (embedded) or ``"mnist"`` (reads ``mnist.npz``; trains its CNN in
+            about 70 s on first use); see :data:`~unlearnkit.models.pretrained.PRETRAINED`.
         k: Forget instances per request.
         seeds: One request per seed (and goal).
         goals: ``"misclassify"`` and/or ``"relabel"``.
@@ -59,7 +62,7 @@ def run_demo(
         original model's accuracies, one record per run, a summary over seeds, and versions.
     """
     hyperparams = dict(hyperparams or {})
-    default = load_default_model(directory=cache_directory, progress=progress)
+    default = load_pretrained(dataset, directory=cache_directory, progress=progress)
     data, model = default.data, default.model
     requests: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
@@ -141,7 +144,7 @@ def demo_tables(report: Mapping[str, Any]) -> str:
     blocks = []
     model = report["model"]
     blocks.append(
-        f"default model: {model['name']} on {report['dataset']['name']}, test accuracy "
+        f"model: {model['name']} on {report['dataset']['name']}, test accuracy "
         f"{model['test_accuracy']:.1f} %, sha256 {model['sha256'][:16]}..."
     )
     for request in report["requests"]:

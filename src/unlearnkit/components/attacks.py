@@ -8,13 +8,14 @@ decision boundaries near the forget instances in place.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unlearnkit.utils.modules import eval_mode
+from unlearnkit.utils.modules import eval_mode, predict_logits
 
 Norm = Literal["l2", "linf"]
 
@@ -90,7 +91,8 @@ def targeted_pgd(
         targets: Target classes, ``(N,)``.
         eps: Radius of the ball, a float or a per-example tensor ``(N,)``.
         steps: Number of gradient steps; 0 returns the (random) start.
-        step_size: Step length; defaults to ``eps / 40`` (the paper's 0.1 for eps 4.0).
+        step_size: Step length; defaults to ``2.5 * eps / steps``, so the steps together can
+            cross the ball 2.5 times (the paper's 0.1 for eps 4.0 and 100 steps).
         norm: ``"l2"`` or ``"linf"``.
         random_start: Start from a uniformly random radius in the ball (random direction for
             L2, uniform per coordinate for Linf) instead of the clean input.
@@ -119,7 +121,7 @@ def targeted_pgd(
     view = (n,) + (1,) * (inputs.dim() - 1)
     eps_t = torch.as_tensor(eps, dtype=inputs.dtype, device=inputs.device).expand(n).reshape(view)
     if step_size is None:
-        step_t = eps_t / 40.0
+        step_t = eps_t * (2.5 / max(steps, 1))
     else:
         step_t = torch.as_tensor(step_size, dtype=inputs.dtype, device=inputs.device).expand(n).reshape(view)
     clean = inputs.detach()
@@ -168,3 +170,66 @@ def _descend(
             if input_range is not None:
                 x = x.clamp(*input_range)
     return x.detach()
+
+
+@dataclass(frozen=True)
+class CalibratedAttack:
+    """Adversarial examples whose radius was grown until they reach their target.
+
+    Attributes:
+        adversarial: Adversarial inputs, one per input (the last attempt where none reached).
+        reached: Whether the model assigns each one to its target class.
+        eps: The radius each one was made with.
+        first_round_success: Share that reached the target at the initial radius.
+    """
+
+    adversarial: Tensor
+    reached: Tensor
+    eps: Tensor
+    first_round_success: float
+
+
+def calibrated_targeted_pgd(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    eps: float,
+    rounds: int = 4,
+    growth: float = 2.0,
+    **pgd_kwargs: Any,
+) -> CalibratedAttack:
+    """Targeted PGD with a per-example radius search: ``eps``, ``eps * growth``, ... until reached.
+
+    Each round attacks only the examples that have not yet reached their target, with their
+    radius multiplied by ``growth``; after ``rounds`` rounds the rest are reported as not
+    reached. With ``rounds=1`` this is a plain :func:`targeted_pgd` that also reports success.
+    The step size, when not given in ``pgd_kwargs``, scales with each example's radius.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> x, t = torch.rand(6, 4), torch.full((6,), 2)
+        >>> attack = calibrated_targeted_pgd(model, x, t, eps=0.01, rounds=8, steps=20)
+        >>> bool(attack.reached.float().mean() >= attack.first_round_success)
+        True
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    adversarial = inputs.detach().clone()
+    radii = torch.full((inputs.shape[0],), float(eps), device=inputs.device)
+    reached = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
+    first = 0.0
+    for round_index in range(rounds):
+        todo = (~reached).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        attempt = targeted_pgd(model, inputs[todo], targets[todo], eps=radii[todo], **pgd_kwargs)
+        ok = predict_logits(model, attempt).argmax(dim=1) == targets[todo]
+        adversarial[todo] = attempt
+        reached[todo[ok]] = True
+        if round_index == 0:
+            first = float(ok.float().mean())
+        if round_index < rounds - 1:
+            radii[todo[~ok]] *= growth
+    return CalibratedAttack(adversarial, reached, radii, first)

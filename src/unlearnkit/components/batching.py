@@ -47,3 +47,28 @@ def random_other_classes(labels: Tensor, num_classes: int, generator: torch.Gene
         raise ValueError(f"need at least 2 classes to pick another one, got {num_classes}")
     shift = torch.randint(1, num_classes, labels.shape, generator=generator)
     return (labels.cpu() + shift).remainder(num_classes).to(labels.device)
+
+
+def balanced_other_classes(labels: Tensor, per_instance: int, num_classes: int, generator: torch.Generator) -> Tensor:
+    """``per_instance`` target classes for each label, spread evenly over the other classes.
+
+    Each instance cycles through the other ``num_classes - 1`` classes in its own random order,
+    so every class receives about the same number of targets (random draws leave some classes
+    with few or none, and those classes then have nothing holding their region in place).
+
+    Returns:
+        ``(len(labels) * per_instance,)`` targets, instance-major (like ``repeat_interleave``).
+
+    Example:
+        >>> t = balanced_other_classes(torch.tensor([0, 1]), 4, 3, torch.Generator().manual_seed(0))
+        >>> t.view(2, 4).tolist()[0].count(0), sorted(set(t.view(2, 4).tolist()[0]))
+        (0, [1, 2])
+    """
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes to pick another one, got {num_classes}")
+    rows = []
+    for label in labels.cpu().tolist():
+        others = torch.tensor([c for c in range(num_classes) if c != label])
+        order = others[torch.randperm(num_classes - 1, generator=generator)]
+        rows.append(order.repeat(-(-per_instance // (num_classes - 1)))[:per_instance])
+    return torch.stack(rows).flatten().to(labels.device)

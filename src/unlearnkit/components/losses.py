@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from unlearnkit.components.stopping import label_margin
+
 
 def forget_loss(logits: Tensor, labels: Tensor, new_labels: Tensor | None = None) -> Tensor:
     """The instance-wise paper's forget term, to be minimised.
@@ -21,3 +23,34 @@ def forget_loss(logits: Tensor, labels: Tensor, new_labels: Tensor | None = None
     if new_labels is None:
         return -F.cross_entropy(logits, labels)
     return F.cross_entropy(logits, new_labels)
+
+
+def forget_hinge_loss(logits: Tensor, labels: Tensor, new_labels: Tensor | None = None, margin: float = 0.5) -> Tensor:
+    """A bounded forget objective: each instance stops pushing once it meets its goal by ``margin``.
+
+    Misclassification: ``mean(relu(margin + logit[label] - max other logit))``. Relabeling:
+    ``mean(relu(margin - (logit[new] - max other logit)))``. Unlike ``-CE`` it cannot drive
+    logits to infinity, and an instance already forgotten contributes no gradient, so one hard
+    instance cannot drag the model while the easy ones are pushed to extremes.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[3.0, 1.0], [0.0, 2.0]])
+        >>> forget_hinge_loss(logits, torch.tensor([0, 0]), margin=0.5).item()  # (2.5 + 0) / 2
+        1.25
+    """
+    if new_labels is None:
+        return F.relu(margin + label_margin(logits, labels)).mean()
+    return F.relu(margin - label_margin(logits, new_labels)).mean()
+
+
+def distillation_loss(logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """``KL(teacher || model)`` per example, averaged: keep the original model's outputs.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.7, 0.3]])
+        >>> round(distillation_loss(probs.log(), probs).item(), 6)
+        0.0
+    """
+    return F.kl_div(F.log_softmax(logits, dim=1), teacher_probs, reduction="batchmean")

@@ -16,8 +16,16 @@ _EXPECTED = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (10000, 
 
 
 def default_data_dir() -> Path:
-    """``$UNLEARNKIT_DATA_DIR``, else ``../shared/data`` beside the current directory."""
-    return Path(os.environ.get(DATA_ENV) or Path.cwd().parent / "shared" / "data")
+    """Where the data files are looked for.
+
+    ``$UNLEARNKIT_DATA_DIR`` if set; else the first existing of ``../shared/data`` from the
+    current directory and ``../shared/data`` from the source checkout this package runs from
+    (the project's layout: the repository with ``shared/`` beside it).
+    """
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    candidates = [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[4] / "shared" / "data"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def load_mnist(path: str | Path | None = None) -> DataSplit:
@@ -41,9 +49,10 @@ def load_mnist(path: str | Path | None = None) -> DataSplit:
         for key, shape in _EXPECTED.items():
             if key not in archive.files:
                 raise ValueError(f"{path} has no array {key!r} (has {archive.files})")
-            if archive[key].shape != shape:
-                raise ValueError(f"{path}: {key} has shape {archive[key].shape}, expected {shape}")
-            arrays[key] = archive[key]
+            array = archive[key]  # each access decompresses again: read once
+            if array.shape != shape:
+                raise ValueError(f"{path}: {key} has shape {array.shape}, expected {shape}")
+            arrays[key] = array
 
     def images(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy((a.astype(np.float32) / 255.0)[:, None])

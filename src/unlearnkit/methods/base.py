@@ -29,6 +29,17 @@ from unlearnkit.utils.modules import check_finite_parameters, model_dtype, predi
 from unlearnkit.utils.versions import environment_versions
 
 DataAccess = Literal["forget", "forget+retain"]
+
+
+class _FromPreset:
+    """Sentinel default: the value comes from the chosen preset."""
+
+    def __repr__(self) -> str:
+        return "FROM_PRESET"
+
+
+#: Default of every preset-dependent hyperparameter: take the value from the chosen preset.
+FROM_PRESET: Any = _FromPreset()
 RetainData = tuple[Tensor, Tensor]
 
 
@@ -105,6 +116,26 @@ class UnlearningMethod(abc.ABC):
     summary: ClassVar[str] = ""
     data_access: ClassVar[DataAccess] = "forget"
     supports_relabel: ClassVar[bool] = True
+    #: Preset name -> values of the preset-dependent hyperparameters. ``"default"`` is the robust
+    #: recipe used when no preset is named; ``"paper"`` reproduces the published recipe.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def _set_params(self, preset: str, **given: Any) -> None:
+        """Stores hyperparameters as attributes, filling ``FROM_PRESET`` ones from ``preset``.
+
+        Raises:
+            InvalidHyperparameterError: If the preset is unknown.
+        """
+        if self.presets and preset not in self.presets:
+            raise InvalidHyperparameterError(
+                f"method {self.name!r} has no preset {preset!r}; presets: {sorted(self.presets)}"
+            )
+        table = self.presets.get(preset, {})
+        self.preset = preset
+        for key, value in given.items():
+            if value is FROM_PRESET:
+                value = table[key]
+            setattr(self, key, value)
 
     @classmethod
     def param_names(cls) -> list[str]:
@@ -309,8 +340,16 @@ def check_non_negative(**values: float | int | None) -> None:
             raise InvalidHyperparameterError(f"{name} must be >= 0, got {value}")
 
 
+def check_count(**values: int | None) -> None:
+    """Raises :class:`InvalidHyperparameterError` for any value that is not a whole number >= 0."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InvalidHyperparameterError(f"{name} must be >= 0 and a whole number, got {value!r}")
+
+
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raises :class:`InvalidHyperparameterError` unless ``value`` is one of ``choices``."""
-    if value not in choices:
+    # Compare types too, so that 1 is not accepted for True.
+    if not any(value == c and type(value) is type(c) for c in choices):
         raise InvalidHyperparameterError(f"{name} must be one of {choices}, got {value!r}")
 

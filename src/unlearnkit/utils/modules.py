@@ -49,6 +49,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.train(training)
 
 
+def train_with_frozen_batchnorm(model: nn.Module) -> nn.Module:
+    """Training mode everywhere except BatchNorm layers, which keep their running statistics.
+
+    With a handful of forget instances per batch, batch statistics are far from the data's, and
+    updating running statistics from them shifts every later prediction; frozen statistics keep
+    the network's normalisation as it was trained (the affine weights still learn).
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
+
+
 def check_finite_parameters(model: nn.Module, what: str = "model") -> None:
     """Raises :class:`InvalidModelError` naming the first tensors that hold NaN or inf."""
     bad = [
