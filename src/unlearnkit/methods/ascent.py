@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from unlearnkit.components.losses import forget_hinge_loss, forget_loss
 from unlearnkit.components.optim import make_optimizer
 from unlearnkit.components.stopping import StopRule
+from unlearnkit.errors import InvalidHyperparameterError
 from unlearnkit.methods.base import (
     FROM_PRESET,
     UnlearningMethod,
@@ -49,7 +50,9 @@ class ForgetObjectiveMethod(UnlearningMethod):
         preset: ``"default"`` (robust) or ``"paper"`` (the published recipe). Any
             hyperparameter given explicitly overrides the preset's value.
         optimizer: ``"adam"`` / ``"sgd"``.
-        lr: Learning rate, ``1e-4`` / ``1e-3``.
+        lr: Learning rate, ``1e-4`` / ``1e-3``; ``"auto"`` (methods with a retain proxy only):
+            the largest rate whose first steps keep the proxy's predictions, see
+            :func:`~unlearnkit.components.step_size.search_learning_rate`.
         momentum: SGD momentum (unused by Adam), 0.9.
         weight_decay: ``0`` / ``1e-4``.
         forget_loss: ``"hinge"`` (bounded: per-instance margin loss that stops pushing once the
@@ -66,13 +69,15 @@ class ForgetObjectiveMethod(UnlearningMethod):
     """
 
     presets: ClassVar[dict[str, dict[str, Any]]] = ASCENT_PRESETS
+    #: Whether the method has a retain proxy to choose ``lr="auto"`` against.
+    supports_auto_lr: ClassVar[bool] = False
 
     def __init__(
         self,
         *,
         preset: str = "default",
         optimizer: str = FROM_PRESET,
-        lr: float = FROM_PRESET,
+        lr: float | str = FROM_PRESET,
         momentum: float = 0.9,
         weight_decay: float = FROM_PRESET,
         forget_loss: str = FROM_PRESET,
@@ -91,7 +96,13 @@ class ForgetObjectiveMethod(UnlearningMethod):
         check_choice("optimizer", self.optimizer, ("adam", "sgd"))
         check_choice("forget_loss", self.forget_loss, ("hinge", "ce"))
         check_choice("bn_mode", self.bn_mode, ("freeze", "train"))
-        check_positive(lr=self.lr)
+        if self.lr == "auto":
+            if not self.supports_auto_lr:
+                raise InvalidHyperparameterError(
+                    f"method {self.name!r} has no retain proxy to choose lr='auto' against; give a number"
+                )
+        else:
+            check_positive(lr=self.lr)
         check_count(max_passes=self.max_passes, max_steps=self.max_steps)
         check_non_negative(
             momentum=self.momentum, weight_decay=self.weight_decay, forget_margin=self.forget_margin,
@@ -99,11 +110,12 @@ class ForgetObjectiveMethod(UnlearningMethod):
             max_seconds=self.max_seconds,
         )
 
-    def make_optimizer(self, model: nn.Module) -> Any:
-        """The configured optimiser over the model's trainable parameters."""
+    def make_optimizer(self, model: nn.Module, lr: float | None = None) -> Any:
+        """The configured optimiser over the model's trainable parameters (at ``lr`` if given)."""
         params = [p for p in model.parameters() if p.requires_grad]
+        rate = self.lr if lr is None else lr
         return make_optimizer(
-            self.optimizer, params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay  # type: ignore[arg-type]
+            self.optimizer, params, lr=rate, momentum=self.momentum, weight_decay=self.weight_decay  # type: ignore[arg-type]
         )
 
     def forget_term(self, logits: Tensor, labels: Tensor, new_labels: Tensor | None) -> Tensor:

@@ -7,8 +7,10 @@ https://arxiv.org/abs/2301.11578.
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
+from dataclasses import asdict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -28,6 +30,7 @@ from unlearnkit.components.importance import mas_importance, min_max_normalise
 from unlearnkit.components.loop import optimise_until
 from unlearnkit.components.losses import distillation_loss
 from unlearnkit.components.regularizers import importance_weighted_l2
+from unlearnkit.components.step_size import StepSizeTrial, search_learning_rate
 from unlearnkit.methods.ascent import ASCENT_PRESETS, ForgetObjectiveMethod
 from unlearnkit.methods.base import (
     FROM_PRESET,
@@ -127,6 +130,7 @@ class L2ULAdv(ForgetObjectiveMethod):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         name: {**ASCENT_PRESETS[name], **ANCHOR_PRESETS[name]} for name in ASCENT_PRESETS
     }
+    supports_auto_lr = True
 
     def __init__(
         self,
@@ -236,6 +240,41 @@ class L2ULAdv(ForgetObjectiveMethod):
             )
         return Anchors(anchors_x, anchors_y, teacher), details
 
+    def _search_lr(
+        self,
+        context: UnlearnContext,
+        anchors: Anchors,
+        loss_fn: Callable[[tuple[Tensor, Tensor]], Tensor],
+        make_pass: Callable[[int], list[tuple[Tensor, Tensor]]],
+    ) -> tuple[float, list[StepSizeTrial]]:
+        """``lr="auto"``: probe rates against the anchors, the retain proxy this method may see."""
+        model, request = context.model, context.request
+        probe = itertools.cycle(make_pass(0))
+        proxy = anchors.inputs if len(anchors) else request.inputs[:0]
+        proxy_before = predict_logits(model, proxy).argmax(dim=1) if len(proxy) else None
+
+        def take_step(optimizer: torch.optim.Optimizer) -> float:
+            self.train_mode(model)
+            loss = loss_fn(next(probe))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
+
+        def objective() -> float:
+            logits = predict_logits(model, request.inputs)
+            return float(self.forget_term(logits, request.labels, request.new_labels))
+
+        def agreement() -> float:
+            if proxy_before is None:
+                return 1.0
+            return float((predict_logits(model, proxy).argmax(dim=1) == proxy_before).float().mean())
+
+        return search_learning_rate(
+            model, make_optimizer=lambda rate: self.make_optimizer(model, rate), take_step=take_step,
+            forget_objective=objective, proxy_agreement=agreement,
+        )
+
     def _penalty(self, context: UnlearnContext) -> tuple[Callable[[], Tensor] | None, dict[str, Any]]:
         """The regulariser added to the loss (none for ADV)."""
         return None, {}
@@ -274,9 +313,14 @@ class L2ULAdv(ForgetObjectiveMethod):
                     loss = loss + self.anchor_weight * anchor
             return loss if penalty is None else loss + penalty()
 
+        lr = self.lr
+        if lr == "auto":
+            lr, trials = self._search_lr(context, anchors, loss_fn, make_pass)
+            details["lr/chosen"] = lr
+            details["lr/trials"] = [asdict(t) for t in trials]
         outcome = optimise_until(
             model,
-            self.make_optimizer(model),
+            self.make_optimizer(model, lr),
             loss_fn=loss_fn,
             make_pass=make_pass,
             monitor=context.monitor(self.stop_rule()),
