@@ -13,7 +13,7 @@ from unlearnkit.errors import InvalidHyperparameterError, InvalidRequestError
 from unlearnkit.methods.base import RetainData, UnlearningMethod
 from unlearnkit.methods.registry import create_method
 from unlearnkit.metrics.accuracy import evaluate
-from unlearnkit.request import DEFAULT_INPUT_RANGE, ArrayLike, ForgetRequest, InstanceId
+from unlearnkit.request import DEFAULT_INPUT_RANGE, ArrayLike, ForgetRequest, Goal, InstanceId
 from unlearnkit.result import UnlearnResult
 
 __all__ = ["evaluate", "unlearn"]
@@ -26,6 +26,8 @@ def unlearn(
     new_labels: ArrayLike | None = None,
     seed: int = 0,
     *,
+    goal: Goal | None = None,
+    heldout: RetainData | None = None,
     ids: Sequence[InstanceId] | None = None,
     input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE,
     retain: RetainData | None = None,
@@ -45,6 +47,10 @@ def unlearn(
         new_labels: Relabeling mode: the class each instance should be predicted as. ``None``
             (default): misclassification mode.
         seed: Seed of every random choice; the same seed gives the same weights.
+        goal: ``"misclassify"`` (default), ``"relabel"`` (implied by ``new_labels``) or
+            ``"unseen"``: raise each instance's loss to that of data the model never saw,
+            calibrated on ``heldout`` (or, for images without it, on shifted copies).
+        heldout: ``(inputs, labels)`` the model was never trained on, for ``goal="unseen"``.
         ids: Names of the forget instances in your records (default ``0..N-1``).
         input_range: ``(low, high)`` bounds of the inputs (default ``(0, 1)``); ``None`` if
             unbounded.
@@ -76,13 +82,15 @@ def unlearn(
         (100.0, True)
     """
     if isinstance(forget, ForgetRequest):
-        if new_labels is not None or ids is not None:
-            raise InvalidRequestError("pass new_labels and ids inside the ForgetRequest, not beside it")
+        if new_labels is not None or ids is not None or goal is not None:
+            raise InvalidRequestError("pass new_labels, ids and goal inside the ForgetRequest, not beside it")
         request = forget
     else:
         if not isinstance(forget, (tuple, list)) or len(forget) != 2:
             raise InvalidRequestError("forget must be a pair (inputs, labels) or a ForgetRequest")
-        request = ForgetRequest(forget[0], forget[1], new_labels, () if ids is None else ids, input_range)  # type: ignore[arg-type]
+        request = ForgetRequest(
+            forget[0], forget[1], new_labels, () if ids is None else ids, input_range, goal  # type: ignore[arg-type]
+        )
     if isinstance(method, UnlearningMethod):
         if hyperparams:
             raise InvalidHyperparameterError(
@@ -92,4 +100,6 @@ def unlearn(
     else:
         algorithm = create_method(method, **hyperparams)
     show = sys.stderr.isatty() if progress is None else progress
-    return algorithm.unlearn(model, request, retain=retain, seed=seed, device=device, inplace=inplace, progress=show)
+    return algorithm.unlearn(
+        model, request, retain=retain, heldout=heldout, seed=seed, device=device, inplace=inplace, progress=show
+    )

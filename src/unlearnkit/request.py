@@ -18,7 +18,8 @@ from torch import Tensor
 
 from unlearnkit.errors import InvalidRequestError
 
-Goal = Literal["misclassify", "relabel"]
+Goal = Literal["misclassify", "relabel", "unseen"]
+GOALS: tuple[str, ...] = ("misclassify", "relabel", "unseen")
 InstanceId = int | str
 ArrayLike = Tensor | np.ndarray | Sequence
 
@@ -64,6 +65,9 @@ class ForgetRequest:
             Defaults to ``0 .. N-1``.
         input_range: ``(low, high)`` bounds every input value lies in, and that attacks clamp to;
             ``None`` when inputs are unbounded (e.g. already standardised).
+        goal: ``"misclassify"`` (default without new labels), ``"relabel"`` (implied by new
+            labels) or ``"unseen"``: raise each instance's loss until it looks like the loss of
+            data the model never saw (see :func:`~unlearnkit.components.unseen.unseen_loss_targets`).
 
     Raises:
         InvalidRequestError: On an empty set, mismatched lengths, non-finite inputs, inputs
@@ -85,6 +89,7 @@ class ForgetRequest:
     new_labels: Tensor | None = None
     ids: tuple[InstanceId, ...] = field(default=())
     input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE
+    goal: Goal | None = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         inputs = _as_float_tensor(self.inputs)
@@ -122,6 +127,7 @@ class ForgetRequest:
         object.__setattr__(self, "new_labels", new_labels)
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "input_range", input_range)
+        object.__setattr__(self, "goal", self._check_goal(self.goal, new_labels))
 
     @staticmethod
     def _check_ids(ids: Sequence[InstanceId] | Tensor | np.ndarray, n: int) -> tuple[InstanceId, ...]:
@@ -158,10 +164,17 @@ class ForgetRequest:
             )
         return (low, high)
 
-    @property
-    def goal(self) -> Goal:
-        """``"relabel"`` when new labels are given, else ``"misclassify"``."""
-        return "misclassify" if self.new_labels is None else "relabel"
+    @staticmethod
+    def _check_goal(goal: str | None, new_labels: Tensor | None) -> Goal:
+        if goal is not None and goal not in GOALS:
+            raise InvalidRequestError(f"goal must be one of {GOALS}, got {goal!r}")
+        if new_labels is not None:
+            if goal not in (None, "relabel"):
+                raise InvalidRequestError(f"new labels make this a relabeling request; goal {goal!r} contradicts them")
+            return "relabel"
+        if goal == "relabel":
+            raise InvalidRequestError("goal 'relabel' needs new_labels")
+        return goal or "misclassify"  # type: ignore[return-value]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -196,4 +209,5 @@ class ForgetRequest:
             None if self.new_labels is None else self.new_labels.to(device),
             self.ids,
             self.input_range,
+            self.goal,
         )

@@ -26,8 +26,11 @@ class InstanceOutcome:
         margin_before: ``logit[target] - max(other logits)`` under the original model, where the
             target is the new label in relabeling mode and the training label otherwise.
         margin_after: The same under the unlearned model.
-        goal_met: Whether the instance meets its goal after unlearning (misclassified, or
-            predicted as its new label).
+        goal_met: Whether the instance meets its goal after unlearning (misclassified,
+            predicted as its new label, or with its loss at its ``unseen`` target).
+        loss_before: Cross-entropy on the training label under the original model.
+        loss_after: The same under the unlearned model.
+        loss_target: The ``unseen`` goal's target loss, else ``None``.
     """
 
     id: InstanceId
@@ -38,6 +41,9 @@ class InstanceOutcome:
     margin_before: float
     margin_after: float
     goal_met: bool
+    loss_before: float = float("nan")
+    loss_after: float = float("nan")
+    loss_target: float | None = None
 
 
 @dataclass
@@ -47,7 +53,7 @@ class UnlearnResult:
     Attributes:
         model: The unlearned model: a new object unless ``inplace=True`` was asked for.
         method: Registry name of the method.
-        goal: ``"misclassify"`` or ``"relabel"``.
+        goal: ``"misclassify"``, ``"relabel"`` or ``"unseen"``.
         hyperparams: Every resolved hyperparameter of the method.
         seed: The seed of every random choice.
         converged: Whether every forget instance met its goal when the run stopped.
@@ -57,8 +63,10 @@ class UnlearnResult:
         passes: Passes over the method's data.
         seconds: Wall time of the call, from validation to the final check.
         outcomes: One :class:`InstanceOutcome` per forget instance, in request order.
-        metrics: Summary figures (percentages): ``acc/forget/before``, ``acc/forget/after`` and,
-            in relabeling mode, ``relabel/before`` and ``relabel/after``.
+        metrics: Summary figures: ``acc/forget/before``, ``acc/forget/after`` (percent),
+            ``loss/forget/before``, ``loss/forget/after`` (mean cross-entropy); in relabeling mode
+            ``relabel/before``, ``relabel/after``; for ``unseen``, ``unseen/before``,
+            ``unseen/after`` (percent of instances at their loss target).
         details: Method-specific figures (e.g. the attack's success rate).
         retain_used: Number of retain instances the method read (0 for forget-only methods).
         model_sha256_before: Hash of the original model's state dict.

@@ -44,6 +44,25 @@ def forget_hinge_loss(logits: Tensor, labels: Tensor, new_labels: Tensor | None 
     return F.relu(margin - label_margin(logits, new_labels)).mean()
 
 
+def unseen_hinge_loss(logits: Tensor, labels: Tensor, loss_targets: Tensor) -> Tensor:
+    """The ``unseen`` forget objective: raise each instance's loss to its target, then stop.
+
+    ``mean(relu(log(target) - log(CE)))``: in log space, because a training instance's loss is
+    orders of magnitude below a held-out one's, and the gradient of ``log CE`` stays of order one
+    where that of ``CE`` vanishes.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[4.0, 0.0]])
+        >>> bool(unseen_hinge_loss(logits, torch.tensor([0]), torch.tensor([1.0])) > 0)
+        True
+        >>> unseen_hinge_loss(logits, torch.tensor([0]), torch.tensor([1e-3])).item()
+        0.0
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none").clamp_min(1e-12)
+    return F.relu(loss_targets.log() - losses.log()).mean()
+
+
 def distillation_loss(logits: Tensor, teacher_probs: Tensor) -> Tensor:
     """``KL(teacher || model)`` per example, averaged: keep the original model's outputs.
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearnkit.errors import NonFiniteError
@@ -29,12 +30,20 @@ def label_margin(logits: Tensor, labels: Tensor) -> Tensor:
     return own - others.max(dim=1).values
 
 
-def goal_met(logits: Tensor, labels: Tensor, new_labels: Tensor | None = None, margin: float = 0.0) -> Tensor:
+def goal_met(
+    logits: Tensor,
+    labels: Tensor,
+    new_labels: Tensor | None = None,
+    margin: float = 0.0,
+    loss_targets: Tensor | None = None,
+) -> Tensor:
     """Which instances meet their unlearning goal, as a boolean tensor.
 
     Misclassification (``new_labels`` is ``None``): the prediction is not the label, and with
     ``margin > 0`` the best other logit beats the label's by more than ``margin``.
     Relabeling: the prediction is the new label, by more than ``margin`` with ``margin > 0``.
+    Unseen (``loss_targets`` given): the cross-entropy on the label has reached its target
+    (``margin`` does not apply).
 
     Example:
         >>> logits = torch.tensor([[3.0, 1.0], [0.0, 2.0]])
@@ -43,6 +52,8 @@ def goal_met(logits: Tensor, labels: Tensor, new_labels: Tensor | None = None, m
         >>> goal_met(logits, torch.tensor([0, 0]), margin=2.5).tolist()
         [False, False]
     """
+    if loss_targets is not None:
+        return F.cross_entropy(logits, labels, reduction="none") >= loss_targets
     if new_labels is None:
         if margin <= 0:
             return logits.argmax(dim=1) != labels
@@ -96,6 +107,7 @@ class StopMonitor:
         inputs: Forget inputs on the model's device.
         labels: Their labels.
         new_labels: New labels in relabeling mode, else ``None``.
+        loss_targets: Per-instance loss targets for the ``unseen`` goal, else ``None``.
 
     Example:
         >>> model = nn.Linear(2, 2)
@@ -112,6 +124,7 @@ class StopMonitor:
     inputs: Tensor
     labels: Tensor
     new_labels: Tensor | None = None
+    loss_targets: Tensor | None = None
     started: float = field(default_factory=time.perf_counter)
     checks: int = 0
 
@@ -136,7 +149,7 @@ class StopMonitor:
                 f"the model's logits on the forget set became NaN or infinite (check {self.checks}); "
                 "the run was stopped and its model discarded (try a smaller learning rate)"
             )
-        return goal_met(logits, self.labels, self.new_labels, self.rule.margin)
+        return goal_met(logits, self.labels, self.new_labels, self.rule.margin, self.loss_targets)
 
     def check(self, model: nn.Module, *, steps: int, passes: int) -> StopDecision:
         """Checks the goal, then the caps; the goal wins when both hold."""

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from unlearnkit.components.losses import forget_hinge_loss, forget_loss
+from unlearnkit.components.losses import forget_hinge_loss, forget_loss, unseen_hinge_loss
 from unlearnkit.components.optim import make_optimizer
 from unlearnkit.components.stopping import StopRule
 from unlearnkit.errors import InvalidHyperparameterError
@@ -69,6 +69,7 @@ class ForgetObjectiveMethod(UnlearningMethod):
     """
 
     presets: ClassVar[dict[str, dict[str, Any]]] = ASCENT_PRESETS
+    supports_unseen = True
     #: Whether the method has a retain proxy to choose ``lr="auto"`` against.
     supports_auto_lr: ClassVar[bool] = False
 
@@ -118,8 +119,12 @@ class ForgetObjectiveMethod(UnlearningMethod):
             self.optimizer, params, lr=rate, momentum=self.momentum, weight_decay=self.weight_decay  # type: ignore[arg-type]
         )
 
-    def forget_term(self, logits: Tensor, labels: Tensor, new_labels: Tensor | None) -> Tensor:
-        """The configured forget loss on a batch of forget logits."""
+    def forget_term(
+        self, logits: Tensor, labels: Tensor, new_labels: Tensor | None, loss_targets: Tensor | None = None
+    ) -> Tensor:
+        """The configured forget loss on a batch of forget logits (``loss_targets``: ``unseen``)."""
+        if loss_targets is not None and self.forget_loss == "hinge":
+            return unseen_hinge_loss(logits, labels, loss_targets)
         if self.forget_loss == "hinge":
             # Never below the stop margin: an instance between the two would get no gradient and
             # the run could not reach its stop rule.

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from unlearnkit.components.loop import LoopOutcome
 from unlearnkit.components.stopping import StopMonitor, StopRule, goal_met, label_margin
+from unlearnkit.components.unseen import per_example_loss, unseen_loss_targets
 from unlearnkit.errors import DataContractError, InvalidHyperparameterError, InvalidRequestError, NonFiniteError
 from unlearnkit.request import ForgetRequest
 from unlearnkit.result import InstanceOutcome, UnlearnResult
@@ -80,6 +81,7 @@ class UnlearnContext:
         seed: The seed.
         progress: Whether to show progress bars.
         retain: Retain inputs and labels, only for methods that declare ``forget+retain``.
+        loss_targets: Per-instance loss targets of the ``unseen`` goal, else ``None``.
     """
 
     model: nn.Module
@@ -90,11 +92,12 @@ class UnlearnContext:
     seed: int
     progress: bool
     retain: RetainData | None = None
+    loss_targets: Tensor | None = None
 
     def monitor(self, rule: StopRule) -> StopMonitor:
-        """A stop monitor bound to this request's forget set."""
+        """A stop monitor bound to this request's forget set and goal."""
         req = self.request
-        return StopMonitor(rule, req.inputs, req.labels, req.new_labels)
+        return StopMonitor(rule, req.inputs, req.labels, req.new_labels, self.loss_targets)
 
 
 class UnlearningMethod(abc.ABC):
@@ -110,12 +113,14 @@ class UnlearningMethod(abc.ABC):
         data_access: ``"forget"`` (uses only the model and the forget set) or
             ``"forget+retain"`` (also needs retain data).
         supports_relabel: Whether relabeling requests are accepted.
+        supports_unseen: Whether ``goal="unseen"`` requests are accepted.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     data_access: ClassVar[DataAccess] = "forget"
     supports_relabel: ClassVar[bool] = True
+    supports_unseen: ClassVar[bool] = False
     #: Preset name -> values of the preset-dependent hyperparameters. ``"default"`` is the robust
     #: recipe used when no preset is named; ``"paper"`` reproduces the published recipe.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -174,6 +179,7 @@ class UnlearningMethod(abc.ABC):
         request: ForgetRequest,
         *,
         retain: RetainData | None = None,
+        heldout: RetainData | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         inplace: bool = False,
@@ -185,6 +191,9 @@ class UnlearningMethod(abc.ABC):
             model: Any ``nn.Module`` mapping a float batch to ``(N, C)`` logits.
             request: The validated forget request.
             retain: Retain inputs and labels, for methods that declare ``forget+retain`` only.
+            heldout: Inputs and labels the model was never trained on; with ``goal="unseen"``
+                they calibrate the loss targets (without them, images use shifted copies).
+                Never trained on.
             seed: Seed of every random choice; the same seed gives the same weights.
             device: Where to run; defaults to the model's device.
             inplace: Update ``model`` itself instead of a copy.
@@ -218,6 +227,14 @@ class UnlearningMethod(abc.ABC):
         request.check_classes(num_classes)
         if retain is not None:
             retain = self._check_retain(retain, num_classes, device)
+        loss_targets, target_source = None, None
+        if request.goal == "unseen":
+            if heldout is not None:
+                heldout = self._check_retain(heldout, num_classes, device)
+            try:
+                loss_targets, target_source = unseen_loss_targets(working, request.inputs, request.labels, heldout=heldout)
+            except ValueError as err:
+                raise InvalidRequestError(str(err)) from None
 
         context = UnlearnContext(
             model=working,
@@ -228,6 +245,7 @@ class UnlearningMethod(abc.ABC):
             seed=seed,
             progress=progress,
             retain=retain,
+            loss_targets=loss_targets,
         )
         cuda_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -243,7 +261,10 @@ class UnlearningMethod(abc.ABC):
             raise NonFiniteError(f"{self.name}: {err}; the result was discarded") from None
 
         logits_after = predict_logits(working, request.inputs)
-        outcomes, metrics = _instance_outcomes(request, logits_before, logits_after)
+        outcomes, metrics = _instance_outcomes(request, logits_before, logits_after, loss_targets)
+        details = dict(run.details)
+        if target_source is not None:
+            details["unseen/target_source"] = target_source
         return UnlearnResult(
             model=working,
             method=self.name,
@@ -257,7 +278,7 @@ class UnlearningMethod(abc.ABC):
             seconds=time.perf_counter() - started,
             outcomes=outcomes,
             metrics=metrics,
-            details=run.details,
+            details=details,
             retain_used=0 if retain is None else int(retain[0].shape[0]),
             model_sha256_before=sha_before,
             model_sha256_after=state_dict_sha256(working),
@@ -274,6 +295,8 @@ class UnlearningMethod(abc.ABC):
     def _check_data_contract(self, request: ForgetRequest, retain: RetainData | None) -> None:
         if request.goal == "relabel" and not self.supports_relabel:
             raise InvalidRequestError(f"method {self.name!r} does not support relabeling requests")
+        if request.goal == "unseen" and not self.supports_unseen:
+            raise InvalidRequestError(f"method {self.name!r} does not support goal 'unseen'")
         if self.data_access == "forget" and retain is not None:
             raise DataContractError(
                 f"method {self.name!r} uses only the model and the forget set; it must not be "
@@ -294,12 +317,15 @@ class UnlearningMethod(abc.ABC):
 
 
 def _instance_outcomes(
-    request: ForgetRequest, before: Tensor, after: Tensor
+    request: ForgetRequest, before: Tensor, after: Tensor, loss_targets: Tensor | None = None
 ) -> tuple[list[InstanceOutcome], dict[str, float]]:
     target = request.labels if request.new_labels is None else request.new_labels
     margin_before = label_margin(before, target).tolist()
     margin_after = label_margin(after, target).tolist()
-    met = goal_met(after, request.labels, request.new_labels).tolist()
+    loss_before = per_example_loss(before, request.labels)
+    loss_after = per_example_loss(after, request.labels)
+    met = goal_met(after, request.labels, request.new_labels, loss_targets=loss_targets).tolist()
+    targets = [None] * len(request) if loss_targets is None else loss_targets.tolist()
     pred_before = before.argmax(dim=1)
     pred_after = after.argmax(dim=1)
     new_labels = [None] * len(request) if request.new_labels is None else request.new_labels.tolist()
@@ -313,13 +339,21 @@ def _instance_outcomes(
             margin_before=float(margin_before[i]),
             margin_after=float(margin_after[i]),
             goal_met=bool(met[i]),
+            loss_before=float(loss_before[i]),
+            loss_after=float(loss_after[i]),
+            loss_target=targets[i],
         )
         for i in range(len(request))
     ]
     metrics = {
         "acc/forget/before": 100.0 * float((pred_before == request.labels).float().mean()),
         "acc/forget/after": 100.0 * float((pred_after == request.labels).float().mean()),
+        "loss/forget/before": float(loss_before.mean()),
+        "loss/forget/after": float(loss_after.mean()),
     }
+    if loss_targets is not None:
+        metrics["unseen/before"] = 100.0 * float((loss_before >= loss_targets).float().mean())
+        metrics["unseen/after"] = 100.0 * float((loss_after >= loss_targets).float().mean())
     if request.new_labels is not None:
         metrics["relabel/before"] = 100.0 * float((pred_before == request.new_labels).float().mean())
         metrics["relabel/after"] = 100.0 * float((pred_after == request.new_labels).float().mean())

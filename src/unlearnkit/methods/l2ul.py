@@ -263,7 +263,7 @@ class L2ULAdv(ForgetObjectiveMethod):
 
         def objective() -> float:
             logits = predict_logits(model, request.inputs)
-            return float(self.forget_term(logits, request.labels, request.new_labels))
+            return float(self.forget_term(logits, request.labels, request.new_labels, context.loss_targets))
 
         def agreement() -> float:
             if proxy_before is None:
@@ -286,7 +286,7 @@ class L2ULAdv(ForgetObjectiveMethod):
 
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         model, request = context.model, context.request
-        x, y, new = request.inputs, request.labels, request.new_labels
+        x, y, new, targets = request.inputs, request.labels, request.new_labels, context.loss_targets
         anchors, details = self._make_anchors(context)
         penalty, penalty_details = self._penalty(context)
         details.update(penalty_details)
@@ -304,7 +304,9 @@ class L2ULAdv(ForgetObjectiveMethod):
             b_f, b_a = len(f_idx), len(a_idx)
             # One forward pass over both parts (BatchNorm in training mode sees the mixed batch).
             logits = model(torch.cat([x[f_idx], anchors.inputs[a_idx]]))
-            loss = self.forget_term(logits[:b_f], y[f_idx], None if new is None else new[f_idx])
+            loss = self.forget_term(
+                logits[:b_f], y[f_idx], None if new is None else new[f_idx], None if targets is None else targets[f_idx]
+            )
             if b_a:
                 anchor = self._anchor_term(logits[b_f:], anchors, a_idx)
                 if self.anchor_weight is None:  # the paper's weighting by batch sizes

@@ -57,10 +57,12 @@ class NegGrad(ForgetObjectiveMethod):
 
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         model, request = context.model, context.request
-        x, y, new = request.inputs, request.labels, request.new_labels
+        x, y, new, targets = request.inputs, request.labels, request.new_labels, context.loss_targets
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-            return self.forget_term(model(x[idx]), y[idx], None if new is None else new[idx])
+            return self.forget_term(
+                model(x[idx]), y[idx], None if new is None else new[idx], None if targets is None else targets[idx]
+            )
 
         outcome = optimise_until(
             model,
