@@ -119,3 +119,25 @@ def test_console_script_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "l2ul" in proc.stdout
+
+
+def test_demo_unseen_mode(tmp_path: Path) -> None:
+    output = tmp_path / "unseen.json"
+    code, out = run("demo", "-k", "3", "--mode", "unseen", "--methods", "neggrad,l2ul", *FAST, "-o", str(output))
+    assert code == 0, out
+    assert "at target %" in out and "loss(D_f)" in out
+    report = json.loads(output.read_text())
+    assert report["config"]["goals"] == ["unseen"]
+    for run_ in report["runs"]:
+        assert run_["goal"] == "unseen"
+        assert run_["result"]["details"]["unseen/target_source"] == "heldout"
+        assert "unseen" in run_["metrics"] and "loss/forget" in run_["metrics"]
+        assert all(o["loss_target"] is not None for o in run_["result"]["outcomes"])
+    assert "loss/forget" in report["requests"][0]["original"]
+
+
+def test_demo_mode_all_runs_three_goals(tmp_path: Path) -> None:
+    output = tmp_path / "all.json"
+    code, out = run("demo", "-k", "2", "--mode", "all", "--methods", "neggrad", "--set", "max_steps=3", "--no-progress", "-o", str(output))
+    assert code == 0, out
+    assert json.loads(output.read_text())["config"]["goals"] == ["misclassify", "relabel", "unseen"]

@@ -756,3 +756,28 @@ def test_environment_versions() -> None:
     assert versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert versions["unlearnkit"] == unlearnkit.__version__
     assert np.__version__ == versions["numpy"]
+
+
+# -- distribution distances ------------------------------------------------------------------------
+
+
+def test_ks_distance_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    from unlearnkit.metrics.distribution import ks_distance
+
+    rng = np.random.default_rng(0)
+    for n, m, shift in ((10, 30, 0.0), (50, 7, 0.7), (100, 100, 2.0)):
+        a, b = rng.normal(size=n), rng.normal(loc=shift, size=m)
+        assert ks_distance(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic, abs=1e-12)
+    with pytest.raises(ValueError):
+        ks_distance(np.array([]), np.array([1.0]))
+
+
+def test_mean_log_ratio() -> None:
+    from unlearnkit.metrics.distribution import mean_log_ratio
+
+    a = torch.tensor([1.0, 2.0, 4.0])
+    assert mean_log_ratio(a, a) == 0.0
+    assert mean_log_ratio(a, a * np.e) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        mean_log_ratio(a, a[:2])

@@ -93,8 +93,10 @@ def methods() -> None:
 @click.option("-k", "--k", "k", default=16, show_default=True, type=click.IntRange(min=1), help="Forget instances per request.")
 @click.option("--seed", "--seeds", "seeds", default="0", show_default=True, help="Seed(s): 0, 0-4 or 0,2,5; one request per seed.")
 @click.option(
-    "--mode", type=click.Choice(["misclassify", "relabel", "both"]), default="misclassify", show_default=True,
-    help="misclassify the forget instances, or relabel them to random other classes.",
+    "--mode", type=click.Choice(["misclassify", "relabel", "unseen", "both", "all"]), default="misclassify",
+    show_default=True,
+    help="misclassify the forget instances; relabel them to random other classes; unseen: raise their "
+    "loss to that of held-out data; both = misclassify + relabel; all = the three.",
 )
 @click.option(
     "--methods", "method_spec", default=",".join(DEFAULT_DEMO_METHODS), show_default=True,
@@ -122,7 +124,7 @@ def demo(
     unknown = [m for m in chosen if m not in list_methods()]
     if unknown or not chosen:
         raise click.BadParameter(f"unknown method(s) {unknown}; known: {list_methods()}", param_hint="--methods")
-    goals = ["misclassify", "relabel"] if mode == "both" else [mode]
+    goals = {"both": ["misclassify", "relabel"], "all": ["misclassify", "relabel", "unseen"]}.get(mode, [mode])
     show = sys.stderr.isatty() if progress is None else progress
     try:
         report = run_demo(

@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from unlearnkit.components.unseen import per_example_loss
 from unlearnkit.data.splits import draw_forget_indices, random_new_labels
 from unlearnkit.metrics.accuracy import evaluate
 from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
 from unlearnkit.request import ForgetRequest, Goal
 from unlearnkit.scenarios.single import run_request
+from unlearnkit.utils.modules import predict_logits
 from unlearnkit.utils.versions import environment_versions
 
 #: Schema version of the demo report JSON (documented in the README).
@@ -51,7 +53,8 @@ def run_demo(
             about 70 s on first use); see :data:`~unlearnkit.models.pretrained.PRETRAINED`.
         k: Forget instances per request.
         seeds: One request per seed (and goal).
-        goals: ``"misclassify"`` and/or ``"relabel"``.
+        goals: ``"misclassify"``, ``"relabel"`` and/or ``"unseen"`` (loss targets calibrated on
+            the first half of the test set, which the model never saw).
         methods: Registered method names.
         hyperparams: Per-method hyperparameters, ``{method: {name: value}}``.
         cache_directory: Where the default model is cached.
@@ -74,9 +77,15 @@ def run_demo(
         keep[forget_idx] = False
         labels = data.y_train[forget_idx]
         new_labels = random_new_labels(labels, data.num_classes, seed) if goal == "relabel" else None
-        request = ForgetRequest(data.x_train[forget_idx], labels, new_labels, ids=tuple(forget_idx.tolist()))
+        request = ForgetRequest(
+            data.x_train[forget_idx], labels, new_labels, ids=tuple(forget_idx.tolist()),
+            goal="unseen" if goal == "unseen" else None,
+        )
+        half = len(data.y_test) // 2
+        heldout = (data.x_test[:half], data.y_test[:half]) if goal == "unseen" else None
         splits = {"retain": (data.x_train[keep], data.y_train[keep]), "test": (data.x_test, data.y_test)}
         original = evaluate(model, {"forget": (request.inputs, labels), **splits})
+        original["loss/forget"] = float(per_example_loss(predict_logits(model, request.inputs), labels).mean())
         if new_labels is not None:
             original.update(evaluate(model, {"relabel": (request.inputs, new_labels)}))
         requests.append({
@@ -87,7 +96,7 @@ def run_demo(
             bar.set_postfix(method=method, goal=goal, seed=seed)
             record = run_request(
                 model, request, method, splits=splits, seed=seed,
-                hyperparams=hyperparams.get(method), progress=progress,
+                hyperparams=hyperparams.get(method), heldout=heldout, progress=progress,
             )
             runs.append(record.to_dict())
             bar.update(1)
@@ -149,13 +158,16 @@ def demo_tables(report: Mapping[str, Any]) -> str:
     )
     for request in report["requests"]:
         relabel = request["goal"] == "relabel"
+        unseen = request["goal"] == "unseen"
         headers = ["method", "status", "Acc(D_f)", "Acc(D_r)", "Acc(D_test)"]
         headers += ["relabeled"] if relabel else []
+        headers += ["loss(D_f)", "at target %"] if unseen else []
         headers += ["steps", "seconds"]
         orig = request["original"]
         rows: list[list[object]] = [
             ["original", "", orig["acc/forget"], orig["acc/retain"], orig["acc/test"]]
-            + ([orig["acc/relabel"]] if relabel else []) + [None, None]
+            + ([orig["acc/relabel"]] if relabel else [])
+            + ([f"{orig['loss/forget']:.2g}", None] if unseen else []) + [None, None]
         ]
         for run in report["runs"]:
             if run["seed"] != request["seed"] or run["goal"] != request["goal"]:
@@ -165,6 +177,7 @@ def demo_tables(report: Mapping[str, Any]) -> str:
             rows.append(
                 [run["method"], run["status"], m.get("acc/forget"), m.get("acc/retain"), m.get("acc/test")]
                 + ([m.get("acc/relabel")] if relabel else [])
+                + ([f"{m['loss/forget']:.2g}" if "loss/forget" in m else None, m.get("unseen")] if unseen else [])
                 + [result.get("steps"), result.get("seconds")]
             )
         title = f"\n{request['goal']}, k = {len(request['ids'])}, seed {request['seed']} (accuracies in %)"

@@ -65,6 +65,7 @@ def run_request(
     seed: int = 0,
     hyperparams: Mapping[str, Any] | None = None,
     retain: RetainData | None = None,
+    heldout: RetainData | None = None,
     progress: bool = False,
 ) -> RunRecord:
     """Applies ``method`` to ``request`` on a copy of ``model`` and evaluates the result.
@@ -80,11 +81,12 @@ def run_request(
         seed: Seed of the run.
         hyperparams: The method's hyperparameters.
         retain: Retain data, for methods that use it.
+        heldout: Data the model never saw, to calibrate ``goal="unseen"``.
         progress: Show progress bars.
     """
     algorithm = create_method(method, **dict(hyperparams or {}))
     try:
-        result = algorithm.unlearn(model, request, retain=retain, seed=seed, progress=progress)
+        result = algorithm.unlearn(model, request, retain=retain, heldout=heldout, seed=seed, progress=progress)
     except NonFiniteError as err:
         return RunRecord(method, seed, request.goal, "diverged", error=str(err))
     named = dict(splits)
@@ -92,5 +94,8 @@ def run_request(
     if request.new_labels is not None:
         named["relabel"] = (request.inputs, request.new_labels)
     metrics = evaluate(result.model, named)
+    metrics["loss/forget"] = result.metrics["loss/forget/after"]
+    if "unseen/after" in result.metrics:
+        metrics["unseen"] = result.metrics["unseen/after"]
     status: Status = "converged" if result.converged else "not_converged"
     return RunRecord(method, seed, request.goal, status, metrics=metrics, result=result.to_dict())
