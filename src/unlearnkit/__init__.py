@@ -23,6 +23,7 @@ from unlearnkit.errors import (
 from unlearnkit.methods import UnlearningMethod, create_method, list_methods, register_method
 from unlearnkit.request import ForgetRequest
 from unlearnkit.result import InstanceOutcome, UnlearnResult
+from unlearnkit.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -43,5 +44,7 @@ __all__ = [
     "evaluate",
     "list_methods",
     "register_method",
+    "tune",
+    "TuneResult",
     "unlearn",
 ]

@@ -13,6 +13,7 @@ from unlearnkit import __version__
 from unlearnkit.demo import DEFAULT_DEMO_METHODS, demo_tables, run_demo
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.registry import list_methods, method_class
+from unlearnkit.report.table import format_table
 from unlearnkit.utils.io import write_json_atomic
 
 
@@ -140,6 +141,66 @@ def demo(
     except OSError as err:
         raise click.ClickException(f"cannot write {output}: {err}") from err
     click.echo(f"\nresults written to {output}")
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True)
+@click.option("-k", "--k", "k", default=16, show_default=True, type=click.IntRange(min=1), help="Forget instances.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the request, sampler and runs.")
+@click.option("--mode", type=click.Choice(["misclassify", "relabel", "unseen"]), default="misclassify", show_default=True)
+@click.option("--method", default="l2ul", show_default=True, help="Method to tune.")
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1), help="Trial budget.")
+@click.option("--timeout", default=None, type=click.FloatRange(min=0), help="Wall-time budget in seconds.")
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="Hold a hyperparameter fixed (repeatable).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("unlearnkit-tune.json"),
+    show_default=True, help="Where to write the trials JSON.",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Model cache directory.")
+def tune(
+    dataset: str, k: int, seed: int, mode: str, method: str, trials: int, timeout: float | None,
+    settings: tuple[str, ...], output: Path, cache_dir: Path | None,
+) -> None:
+    """Search a method's hyperparameters for one request of the demo (needs unlearnkit[tune]).
+
+    Each trial unlearns the request from a copy of the model; converged trials are scored by
+    accuracy on held-out data (the first half of the test set), the others below every converged
+    one. Prints the trials and the best configuration and writes them as JSON.
+    """
+    from unlearnkit.demo import draw_request, heldout_half
+    from unlearnkit.models.pretrained import load_pretrained
+    from unlearnkit.tuning import tune as run_tune
+
+    if method not in list_methods():
+        raise click.BadParameter(f"unknown method {method!r}; known: {list_methods()}", param_hint="--method")
+    fixed = parse_settings(settings, [method]).get(method, {})
+    try:
+        default = load_pretrained(dataset, directory=cache_dir)
+        request, _ = draw_request(default.data, k, seed, mode)  # type: ignore[arg-type]
+        validation = heldout_half(default.data)
+        result = run_tune(
+            default.model, request, method, validation=validation, n_trials=trials, timeout=timeout, seed=seed,
+            heldout=validation if mode == "unseen" else None, **fixed,
+        )
+    except ImportError as err:
+        raise click.ClickException(str(err)) from err
+    except (UnlearnkitError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    rows = [
+        [t["number"], t["state"], t.get("converged"), t.get("validation_accuracy"), t["score"], t.get("steps"),
+         t.get("seconds"), " ".join(f"{n}={v:.3g}" if isinstance(v, float) else f"{n}={v}" for n, v in t["params"].items())]
+        for t in result.trials
+    ]
+    click.echo(format_table(["trial", "state", "converged", "val acc", "score", "steps", "seconds", "params"], rows))
+    click.echo(f"\nbest ({method}, score {result.best_score:.2f}): {result.best_params}")
+    try:
+        write_json_atomic(output, {
+            "dataset": dataset, "k": k, "seed": seed, "mode": mode, "method": method,
+            "best_params": result.best_params, "best_score": result.best_score, "trials": result.trials,
+        })
+    except OSError as err:
+        raise click.ClickException(f"cannot write {output}: {err}") from err
+    click.echo(f"trials written to {output}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from unlearnkit.components.unseen import per_example_loss
-from unlearnkit.data.splits import draw_forget_indices, random_new_labels
+from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
 from unlearnkit.metrics.accuracy import evaluate
 from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
@@ -29,6 +30,27 @@ from unlearnkit.utils.versions import environment_versions
 #: Schema version of the demo report JSON (documented in the README).
 DEMO_SCHEMA_VERSION = 1
 DEFAULT_DEMO_METHODS: tuple[str, ...] = ("neggrad", "l2ul_adv", "l2ul")
+
+
+def draw_request(data: DataSplit, k: int, seed: int, goal: Goal) -> tuple[ForgetRequest, Tensor]:
+    """``k`` training instances drawn with ``seed`` as a request for ``goal`` (relabeling: seeded
+    random new labels), and the mask of the training instances kept."""
+    forget_idx = draw_forget_indices(len(data.y_train), k, seed)
+    keep = torch.ones(len(data.y_train), dtype=torch.bool)
+    keep[forget_idx] = False
+    labels = data.y_train[forget_idx]
+    new_labels = random_new_labels(labels, data.num_classes, seed) if goal == "relabel" else None
+    request = ForgetRequest(
+        data.x_train[forget_idx], labels, new_labels, ids=tuple(forget_idx.tolist()),
+        goal="unseen" if goal == "unseen" else None,
+    )
+    return request, keep
+
+
+def heldout_half(data: DataSplit) -> tuple[Tensor, Tensor]:
+    """The first half of the test set: data the model never saw, for calibration and validation."""
+    half = len(data.y_test) // 2
+    return data.x_test[:half], data.y_test[:half]
 
 
 def run_demo(
@@ -72,17 +94,9 @@ def run_demo(
     cells = [(seed, goal) for seed in seeds for goal in goals]
     bar = tqdm(total=len(cells) * len(methods), desc="demo", unit="run", disable=not progress)
     for seed, goal in cells:
-        forget_idx = draw_forget_indices(len(data.y_train), k, seed)
-        keep = torch.ones(len(data.y_train), dtype=torch.bool)
-        keep[forget_idx] = False
-        labels = data.y_train[forget_idx]
-        new_labels = random_new_labels(labels, data.num_classes, seed) if goal == "relabel" else None
-        request = ForgetRequest(
-            data.x_train[forget_idx], labels, new_labels, ids=tuple(forget_idx.tolist()),
-            goal="unseen" if goal == "unseen" else None,
-        )
-        half = len(data.y_test) // 2
-        heldout = (data.x_test[:half], data.y_test[:half]) if goal == "unseen" else None
+        request, keep = draw_request(data, k, seed, goal)
+        labels, new_labels = request.labels, request.new_labels
+        heldout = heldout_half(data) if goal == "unseen" else None
         splits = {"retain": (data.x_train[keep], data.y_train[keep]), "test": (data.x_test, data.y_test)}
         original = evaluate(model, {"forget": (request.inputs, labels), **splits})
         original["loss/forget"] = float(per_example_loss(predict_logits(model, request.inputs), labels).mean())
