@@ -98,3 +98,8 @@ def test_unseen_without_heldout_on_flat_inputs_is_a_request_error(forget: tuple[
 def test_goal_cannot_be_given_beside_a_request(forget: tuple[Tensor, Tensor], trained_cnn: SmallCNN) -> None:
     with pytest.raises(InvalidRequestError, match="inside the ForgetRequest"):
         unlearnkit.unlearn(trained_cnn, ForgetRequest(*forget), method="neggrad", goal="unseen")
+
+
+def test_heldout_is_refused_for_other_goals(forget: tuple[Tensor, Tensor], trained_cnn: SmallCNN, digits: DataSplit) -> None:
+    with pytest.raises(unlearnkit.DataContractError, match="only to calibrate"):
+        unlearnkit.unlearn(trained_cnn, forget, method="neggrad", heldout=(digits.x_test, digits.y_test))

@@ -151,7 +151,7 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "converged": sum(r["status"] == "converged" for r in group),
             "diverged": len(group) - len(finished),
         }
-        for key in ("acc/forget", "acc/retain", "acc/test", "acc/relabel"):
+        for key in ("acc/forget", "acc/retain", "acc/test", "acc/relabel", "unseen", "loss/forget"):
             values = [r["metrics"][key] for r in finished if key in r["metrics"]]
             if values:
                 row[f"mean {key}"] = _mean(values)

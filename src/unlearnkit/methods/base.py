@@ -228,6 +228,8 @@ class UnlearningMethod(abc.ABC):
         if retain is not None:
             retain = self._check_retain(retain, num_classes, device)
         loss_targets, target_source = None, None
+        if heldout is not None and request.goal != "unseen":
+            raise DataContractError("heldout data is used only to calibrate goal='unseen'; pass heldout=None")
         if request.goal == "unseen":
             if heldout is not None:
                 heldout = self._check_retain(heldout, num_classes, device)
