@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -59,13 +59,19 @@ ANCHOR_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
 class Anchors:
-    """The inputs that hold the model in place near the forget instances, and their targets."""
+    """The inputs that hold the model in place near the forget instances.
 
-    def __init__(self, inputs: Tensor, labels: Tensor, teacher: Tensor | None) -> None:
-        self.inputs = inputs
-        self.labels = labels
-        self.teacher = teacher
+    Attributes:
+        inputs: Adversarial and shifted copies of the forget instances.
+        labels: The class each should keep (the attack target, or the instance's label).
+        teacher: The original model's output distribution on each, for the KL anchor loss.
+    """
+
+    inputs: Tensor
+    labels: Tensor
+    teacher: Tensor | None
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
