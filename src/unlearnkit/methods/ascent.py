@@ -22,6 +22,7 @@ from unlearnkit.methods.base import (
     check_count,
     check_non_negative,
     check_positive,
+    optional,
 )
 from unlearnkit.utils.modules import train_with_frozen_batchnorm
 
@@ -104,12 +105,16 @@ class ForgetObjectiveMethod(UnlearningMethod):
                 )
         else:
             check_positive(lr=self.lr)
-        check_count(max_passes=self.max_passes, max_steps=self.max_steps)
+        check_count(**optional(max_passes=self.max_passes, max_steps=self.max_steps))
         check_non_negative(
             momentum=self.momentum, weight_decay=self.weight_decay, forget_margin=self.forget_margin,
-            stop_margin=self.stop_margin, max_passes=self.max_passes, max_steps=self.max_steps,
-            max_seconds=self.max_seconds,
+            stop_margin=self.stop_margin, **optional(max_seconds=self.max_seconds),
         )
+        if self.max_passes is None and self.max_steps is None and self.max_seconds is None:
+            raise InvalidHyperparameterError(
+                "at least one of max_passes, max_steps and max_seconds must be set: a run that never "
+                "reaches its goal would otherwise never end"
+            )
 
     def make_optimizer(self, model: nn.Module, lr: float | None = None) -> Any:
         """The configured optimiser over the model's trainable parameters (at ``lr`` if given)."""

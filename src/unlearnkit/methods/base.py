@@ -362,24 +362,37 @@ def _instance_outcomes(
     return outcomes, metrics
 
 
-def check_positive(**values: float | int | None) -> None:
-    """Raises :class:`InvalidHyperparameterError` for any value that is not > 0 (``None`` passes)."""
+def optional(**values: Any) -> dict[str, Any]:
+    """The given values without the ``None`` ones: for hyperparameters where ``None`` means
+    "none" or "automatic", before handing them to a check."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _check_real(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidHyperparameterError(f"{name} must be a number, got {value!r}")
+
+
+def check_positive(**values: float | int) -> None:
+    """Raises :class:`InvalidHyperparameterError` for any value that is not a number > 0."""
     for name, value in values.items():
-        if value is not None and not value > 0:
+        _check_real(name, value)
+        if not value > 0:  # also refuses NaN
             raise InvalidHyperparameterError(f"{name} must be > 0, got {value}")
 
 
-def check_non_negative(**values: float | int | None) -> None:
-    """Raises :class:`InvalidHyperparameterError` for any value that is < 0 (``None`` passes)."""
+def check_non_negative(**values: float | int) -> None:
+    """Raises :class:`InvalidHyperparameterError` for any value that is not a number >= 0."""
     for name, value in values.items():
-        if value is not None and not value >= 0:  # also refuses NaN
+        _check_real(name, value)
+        if not value >= 0:  # also refuses NaN
             raise InvalidHyperparameterError(f"{name} must be >= 0, got {value}")
 
 
-def check_count(**values: int | None) -> None:
+def check_count(**values: int) -> None:
     """Raises :class:`InvalidHyperparameterError` for any value that is not a whole number >= 0."""
     for name, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidHyperparameterError(f"{name} must be >= 0 and a whole number, got {value!r}")
 
 

@@ -40,6 +40,7 @@ from unlearnkit.methods.base import (
     check_count,
     check_non_negative,
     check_positive,
+    optional,
 )
 from unlearnkit.methods.registry import register_method
 from unlearnkit.utils.modules import clone_parameters, predict_logits
@@ -165,8 +166,8 @@ class L2ULAdv(ForgetObjectiveMethod):
         )
         check_positive(
             forget_batch_size=self.forget_batch_size, adv_batch_size=self.adv_batch_size, n_adv=self.n_adv,
-            pgd_eps=self.pgd_eps, pgd_step_size=self.pgd_step_size, pgd_rounds=self.pgd_rounds,
-            anchor_weight=self.anchor_weight,
+            pgd_rounds=self.pgd_rounds,
+            **optional(pgd_eps=self.pgd_eps, pgd_step_size=self.pgd_step_size, anchor_weight=self.anchor_weight),
         )
         check_count(
             forget_batch_size=self.forget_batch_size, adv_batch_size=self.adv_batch_size, n_adv=self.n_adv,
@@ -378,6 +379,7 @@ class L2UL(L2ULAdv):
         super().__init__(**kwargs)
         check_non_negative(reg_lambda=reg_lambda)
         check_positive(importance_batch_size=importance_batch_size)
+        check_count(importance_batch_size=importance_batch_size)
         self.reg_lambda = reg_lambda
         self.importance_batch_size = importance_batch_size
 
