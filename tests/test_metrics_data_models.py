@@ -510,7 +510,7 @@ def test_corrupt_cache_warns_and_retrains(default_model: DefaultModel, tmp_path:
     path.write_bytes(bytes(data))
     assert file_sha256(path) != default_model.sha256
     with pytest.warns(
-        UserWarning, match="cached default model is unusable .*sha256.*retraining it"
+        UserWarning, match="cached digits model is unusable .*sha256.*retraining it"
     ):
         retrained = load_default_model(directory=tmp_path)
     assert not retrained.from_cache
@@ -522,7 +522,7 @@ def test_corrupt_cache_warns_and_retrains(default_model: DefaultModel, tmp_path:
 def test_unreadable_sidecar_warns_and_retrains(default_model: DefaultModel, tmp_path: Path) -> None:
     _, sidecar = _copy_cache(default_model, tmp_path)
     sidecar.write_text("{not json")
-    with pytest.warns(UserWarning, match="cached default model is unusable"):
+    with pytest.warns(UserWarning, match="cached digits model is unusable"):
         retrained = load_default_model(directory=tmp_path)
     assert not retrained.from_cache
     assert json.loads(sidecar.read_text())["sha256"] == retrained.sha256

@@ -150,7 +150,7 @@ def demo(
 @click.option("--mode", type=click.Choice(["misclassify", "relabel", "unseen"]), default="misclassify", show_default=True)
 @click.option("--method", default="l2ul", show_default=True, help="Method to tune.")
 @click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1), help="Trial budget.")
-@click.option("--timeout", default=None, type=click.FloatRange(min=0), help="Wall-time budget in seconds.")
+@click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True), help="Wall-time budget in seconds.")
 @click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="Hold a hyperparameter fixed (repeatable).")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("unlearnkit-tune.json"),

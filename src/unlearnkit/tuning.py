@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from unlearnkit.errors import InvalidHyperparameterError, NonFiniteError, UnlearnkitError
+from unlearnkit.errors import InvalidHyperparameterError, UnlearnkitError
 from unlearnkit.methods.base import RetainData
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import accuracy
@@ -133,6 +133,9 @@ def tune(
     unknown = sorted((set(space) | set(fixed)) - known)
     if unknown:
         raise InvalidHyperparameterError(f"method {method!r} has no hyperparameter(s) {unknown}")
+    overlap = sorted(set(space) & set(fixed))
+    if overlap:
+        raise InvalidHyperparameterError(f"{overlap} are both searched and held fixed; drop them from one")
     create_method(method, **fixed)  # fail early on bad fixed values
     rows: list[dict[str, Any]] = []
 
@@ -143,7 +146,7 @@ def tune(
         try:
             algorithm = create_method(method, **fixed, **params)
             result = algorithm.unlearn(model, request, retain=retain, heldout=heldout, seed=seed)
-        except (NonFiniteError, UnlearnkitError) as err:
+        except UnlearnkitError as err:  # a diverged or invalid trial is recorded, not fatal
             row.update(state=f"failed: {err}", score=-200.0, converged=False, seconds=time.perf_counter() - started)
             rows.append(row)
             return -200.0
@@ -160,5 +163,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.optimize(objective, n_trials=n_trials, timeout=timeout)
+    if not rows:
+        raise UnlearnkitError("no trial finished within the budget: raise n_trials or timeout")
     best = max(rows, key=lambda r: r["score"])
     return TuneResult(method, {**fixed, **best["params"]}, best["score"], rows)

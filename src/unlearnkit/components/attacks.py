@@ -57,11 +57,11 @@ def _random_start(x: Tensor, eps: Tensor, norm: Norm, generator: torch.Generator
     shape = x.shape
     if norm == "linf":
         noise = torch.rand(shape, generator=generator) * 2 - 1
-        return noise.to(x.device) * eps
+        return noise.to(x) * eps
     direction = torch.randn(shape, generator=generator)
     direction = direction / _per_example_norm(direction)
     radius = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=generator)
-    return direction.to(x.device) * radius.to(x.device) * eps
+    return direction.to(x) * radius.to(x) * eps
 
 
 def targeted_pgd(

@@ -94,7 +94,7 @@ class L2ULAdv(ForgetObjectiveMethod):
     whose copies are all kept (reached or not), ``-CE`` on the forget batch and ``CE`` toward the
     targets on the anchors weighted by the two batch sizes, SGD at 1e-3, BatchNorm in training
     mode. The default preset makes it hold on models nobody tuned it for: targets spread evenly
-    over the classes; the radius grown per copy (x2, up to ``pgd_rounds`` times) until the copy
+    over the classes; the radius grown per copy (x2 per round, ``pgd_rounds - 1`` times at most) until the copy
     reaches its target, and copies that never do are dropped; shifted copies of each forget
     instance that the original still assigns to its class (they keep the rest of that class);
     the anchors keep the original's full output distribution (KL) with weight ``anchor_weight``;

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearnkit.errors import InvalidRequestError
-from unlearnkit.utils.modules import predict_logits, resolve_device
+from unlearnkit.utils.modules import model_dtype, predict_logits, resolve_device
 
 
 def accuracy(
@@ -29,7 +29,7 @@ def accuracy(
     if inputs.shape[0] == 0:
         raise InvalidRequestError("cannot measure accuracy on an empty set")
     device = resolve_device(device, model)
-    logits = predict_logits(model, inputs.float(), batch_size=batch_size, device=device)
+    logits = predict_logits(model, inputs.to(model_dtype(model)), batch_size=batch_size, device=device)
     return 100.0 * float((logits.argmax(dim=1).cpu() == labels.cpu().long()).float().mean())
 
 

@@ -48,10 +48,11 @@ class PretrainedSpec:
     load_data: Callable[[], DataSplit]
     build: Callable[[], SmallCNN]
     recipe: TrainRecipe
+    architecture: str = "smallcnn"
 
     def fingerprint(self) -> str:
         """Cache key: the spec's name, architecture and recipe."""
-        return f"{self.name}-{type(self.build()).__name__.lower()}-{self.recipe.fingerprint()}"
+        return f"{self.name}-{self.architecture}-{self.recipe.fingerprint()}"
 
 
 DIGITS_RECIPE = TrainRecipe(epochs=30, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0)
@@ -145,8 +146,8 @@ def load_pretrained(name: str, *, directory: str | Path | None = None, progress:
                 model.eval(), data, path, record["sha256"], accuracy(model, data.x_test, data.y_test),
                 spec.recipe, True, 0.0,
             )
-        except (CheckpointError, KeyError, json.JSONDecodeError) as err:
-            warnings.warn(f"cached default model is unusable ({err}); retraining it", stacklevel=2)
+        except (CheckpointError, KeyError, TypeError, json.JSONDecodeError) as err:
+            warnings.warn(f"cached {name} model is unusable ({err}); retraining it", stacklevel=2)
             model = _build(spec)
     started = time.perf_counter()
     train_classifier(model, data.x_train, data.y_train, spec.recipe, progress=progress)
