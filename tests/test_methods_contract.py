@@ -732,9 +732,13 @@ def test_retain_data_is_checked_for_methods_that_need_it(
     with pytest.raises(DataContractError, match=r"retain must be a pair \(inputs, labels\)"):
         unlearnkit.unlearn(trained_linear, forget, method="test_retain", retain=digits.x_train[:5])  # type: ignore[arg-type]
     bad_labels = torch.tensor([0, 1, 12])
-    with pytest.raises(InvalidRequestError, match="out of range for a model with 10 classes"):
+    with pytest.raises(DataContractError, match="retain data: .*out of range for a model with 10 classes"):
         unlearnkit.unlearn(
             trained_linear, forget, method="test_retain", retain=(digits.x_train[:3], bad_labels)
+        )
+    with pytest.raises(DataContractError, match="retain data: the retain set is empty"):
+        unlearnkit.unlearn(
+            trained_linear, forget, method="test_retain", retain=(digits.x_train[:0], digits.y_train[:0])
         )
     result = unlearnkit.unlearn(
         trained_linear,

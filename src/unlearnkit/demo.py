@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from unlearnkit.components.unseen import per_example_loss
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
+from unlearnkit.methods.registry import create_method
 from unlearnkit.metrics.accuracy import evaluate
 from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
@@ -87,6 +88,8 @@ def run_demo(
         original model's accuracies, one record per run, a summary over seeds, and versions.
     """
     hyperparams = dict(hyperparams or {})
+    for method in methods:  # refuse bad settings before any model is loaded or trained
+        create_method(method, **dict(hyperparams.get(method, {})))
     default = load_pretrained(dataset, directory=cache_directory, progress=progress)
     data, model = default.data, default.model
     requests: list[dict[str, Any]] = []

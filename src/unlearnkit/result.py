@@ -27,7 +27,8 @@ class InstanceOutcome:
             target is the new label in relabeling mode and the training label otherwise.
         margin_after: The same under the unlearned model.
         goal_met: Whether the instance meets its goal after unlearning (misclassified,
-            predicted as its new label, or with its loss at its ``unseen`` target).
+            predicted as its new label, or with its loss at its ``unseen`` target), at zero
+            margin; ``UnlearnResult.converged`` also asks for the method's ``stop_margin``.
         loss_before: Cross-entropy on the training label under the original model.
         loss_after: The same under the unlearned model.
         loss_target: The ``unseen`` goal's target loss, else ``None``.
@@ -57,8 +58,7 @@ class UnlearnResult:
         hyperparams: Every resolved hyperparameter of the method.
         seed: The seed of every random choice.
         converged: Whether every forget instance met its goal when the run stopped.
-        stop_reason: ``goal_reached``, ``max_steps``, ``max_passes``, ``max_seconds`` or
-            ``fixed_schedule`` (methods that run a set number of epochs).
+        stop_reason: ``goal_reached``, ``max_steps``, ``max_passes`` or ``max_seconds``.
         steps: Optimiser steps taken.
         passes: Passes over the method's data.
         seconds: Wall time of the call, from validation to the final check.

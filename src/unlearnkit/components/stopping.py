@@ -128,10 +128,6 @@ class StopMonitor:
     started: float = field(default_factory=time.perf_counter)
     checks: int = 0
 
-    def restart_clock(self) -> None:
-        """Starts the time cap from now."""
-        self.started = time.perf_counter()
-
     @property
     def elapsed(self) -> float:
         """Seconds since the clock started."""

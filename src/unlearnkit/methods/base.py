@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from unlearnkit.components.loop import LoopOutcome
 from unlearnkit.components.stopping import StopMonitor, StopRule, goal_met, label_margin
 from unlearnkit.components.unseen import per_example_loss, unseen_loss_targets
-from unlearnkit.errors import DataContractError, InvalidHyperparameterError, InvalidRequestError, NonFiniteError
+from unlearnkit.errors import (
+    DataContractError,
+    InvalidHyperparameterError,
+    InvalidModelError,
+    InvalidRequestError,
+    NonFiniteError,
+)
 from unlearnkit.request import ForgetRequest
 from unlearnkit.result import InstanceOutcome, UnlearnResult
 from unlearnkit.utils.hashing import state_dict_sha256
@@ -82,6 +88,7 @@ class UnlearnContext:
         progress: Whether to show progress bars.
         retain: Retain inputs and labels, only for methods that declare ``forget+retain``.
         loss_targets: Per-instance loss targets of the ``unseen`` goal, else ``None``.
+        started: ``time.perf_counter()`` at the start of the call (for time caps).
     """
 
     model: nn.Module
@@ -93,11 +100,13 @@ class UnlearnContext:
     progress: bool
     retain: RetainData | None = None
     loss_targets: Tensor | None = None
+    started: float = field(default_factory=time.perf_counter)
 
     def monitor(self, rule: StopRule) -> StopMonitor:
-        """A stop monitor bound to this request's forget set and goal."""
+        """A stop monitor bound to this request's forget set and goal; its time cap counts from the
+        start of the call (attacks and importance included)."""
         req = self.request
-        return StopMonitor(rule, req.inputs, req.labels, req.new_labels, self.loss_targets)
+        return StopMonitor(rule, req.inputs, req.labels, req.new_labels, self.loss_targets, started=self.started)
 
 
 class UnlearningMethod(abc.ABC):
@@ -213,6 +222,8 @@ class UnlearningMethod(abc.ABC):
         if not isinstance(request, ForgetRequest):
             raise InvalidRequestError(f"request must be a ForgetRequest, got {type(request).__name__}")
         self._check_data_contract(request, retain)
+        if heldout is not None and request.goal != "unseen":
+            raise DataContractError("heldout data is used only to calibrate goal='unseen'; pass heldout=None")
         check_finite_parameters(model, "the model to unlearn")
         device = resolve_device(device, model)
         modes = [m.training for m in model.modules()]
@@ -224,15 +235,17 @@ class UnlearningMethod(abc.ABC):
 
         logits_before = predict_logits(working, request.inputs)
         num_classes = logits_before.shape[1]
+        if num_classes < 2:
+            raise InvalidModelError(f"the model outputs {num_classes} logit(s) per input; a classifier needs at least 2")
+        if not any(p.requires_grad for p in working.parameters()):
+            raise InvalidModelError("the model has no trainable parameters (all have requires_grad=False)")
         request.check_classes(num_classes)
         if retain is not None:
             retain = self._check_retain(retain, num_classes, device)
         loss_targets, target_source = None, None
-        if heldout is not None and request.goal != "unseen":
-            raise DataContractError("heldout data is used only to calibrate goal='unseen'; pass heldout=None")
         if request.goal == "unseen":
             if heldout is not None:
-                heldout = self._check_retain(heldout, num_classes, device)
+                heldout = self._check_retain(heldout, num_classes, device, what="heldout")
             try:
                 loss_targets, target_source = unseen_loss_targets(working, request.inputs, request.labels, heldout=heldout)
             except ValueError as err:
@@ -248,6 +261,7 @@ class UnlearningMethod(abc.ABC):
             progress=progress,
             retain=retain,
             loss_targets=loss_targets,
+            started=started,
         )
         cuda_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -308,13 +322,17 @@ class UnlearningMethod(abc.ABC):
             raise DataContractError(f"method {self.name!r} needs retain data: pass retain=(inputs, labels)")
 
     @staticmethod
-    def _check_retain(retain: RetainData, num_classes: int, device: torch.device) -> RetainData:
+    def _check_retain(retain: RetainData, num_classes: int, device: torch.device, what: str = "retain") -> RetainData:
         try:
             inputs, labels = retain
         except (TypeError, ValueError):
-            raise DataContractError("retain must be a pair (inputs, labels)") from None
-        checked = ForgetRequest(inputs, labels, input_range=None)  # same shape/label/finite checks
-        checked.check_classes(num_classes)
+            raise DataContractError(f"{what} must be a pair (inputs, labels)") from None
+        try:
+            checked = ForgetRequest(inputs, labels, input_range=None)  # same shape/label/finite checks
+            checked.check_classes(num_classes)
+        except InvalidRequestError as err:
+            message = str(err).replace("forget set", f"{what} set").replace("forget inputs", f"{what} inputs")
+            raise DataContractError(f"{what} data: {message}") from None
         return checked.inputs.to(device), checked.labels.to(device)
 
 

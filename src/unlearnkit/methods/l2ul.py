@@ -257,8 +257,7 @@ class L2ULAdv(ForgetObjectiveMethod):
         """``lr="auto"``: probe rates against the anchors, the retain proxy this method may see."""
         model, request = context.model, context.request
         probe = itertools.cycle(make_pass(0))
-        proxy = anchors.inputs if len(anchors) else request.inputs[:0]
-        proxy_before = predict_logits(model, proxy).argmax(dim=1) if len(proxy) else None
+        proxy_before = predict_logits(model, anchors.inputs).argmax(dim=1)
 
         def take_step(optimizer: torch.optim.Optimizer) -> float:
             self.train_mode(model)
@@ -273,9 +272,7 @@ class L2ULAdv(ForgetObjectiveMethod):
             return float(self.forget_term(logits, request.labels, request.new_labels, context.loss_targets))
 
         def agreement() -> float:
-            if proxy_before is None:
-                return 1.0
-            return float((predict_logits(model, proxy).argmax(dim=1) == proxy_before).float().mean())
+            return float((predict_logits(model, anchors.inputs).argmax(dim=1) == proxy_before).float().mean())
 
         return search_learning_rate(
             model, make_optimizer=lambda rate: self.make_optimizer(model, rate), take_step=take_step,
@@ -323,7 +320,11 @@ class L2ULAdv(ForgetObjectiveMethod):
             return loss if penalty is None else loss + penalty()
 
         lr = self.lr
-        if lr == "auto":
+        if lr == "auto" and not len(anchors):
+            lr = self.presets[self.preset]["lr"]
+            warnings.warn(f"{self.name}: lr='auto' has no anchors to judge by; using the preset's lr {lr}", stacklevel=3)
+            details["lr/chosen"] = lr
+        elif lr == "auto":
             lr, trials = self._search_lr(context, anchors, loss_fn, make_pass)
             details["lr/chosen"] = lr
             details["lr/trials"] = [asdict(t) for t in trials]

@@ -24,7 +24,7 @@ class RunRecord:
     Attributes:
         method: Method name.
         seed: Seed of the run.
-        goal: ``"misclassify"`` or ``"relabel"``.
+        goal: ``"misclassify"``, ``"relabel"`` or ``"unseen"``.
         status: ``converged``, ``not_converged`` (a cap was reached first) or ``diverged`` (the
             run produced NaN or infinity and its model was discarded).
         error: The error message of a diverged run.
