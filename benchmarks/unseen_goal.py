@@ -24,9 +24,9 @@ import torch
 import unlearnkit as uk
 from unlearnkit.cli import parse_seeds
 from unlearnkit.components.unseen import per_example_loss
-from unlearnkit.data import draw_forget_indices
 from unlearnkit.metrics.distribution import ks_distance, mean_log_ratio
-from unlearnkit.models.pretrained import PRETRAINED, _build, load_pretrained
+from unlearnkit.demo import draw_request, heldout_half
+from unlearnkit.models.pretrained import PRETRAINED, build_untrained, load_pretrained
 from unlearnkit.models.training import train_classifier
 from unlearnkit.report.table import format_table
 from unlearnkit.utils.io import write_json_atomic
@@ -49,18 +49,16 @@ def main() -> None:
 
     default = load_pretrained("digits")
     data, original = default.data, default.model
+    calib = heldout_half(data)
     half = len(data.y_test) // 2
-    calib = (data.x_test[:half], data.y_test[:half])
     probe = (data.x_test[half:], data.y_test[half:])
     rows: dict[str, list[dict[str, float | None]]] = {}
     runs = []
     for seed in parse_seeds(args.seeds):
-        idx = draw_forget_indices(len(data.y_train), args.k, seed)
-        keep = torch.ones(len(data.y_train), dtype=torch.bool)
-        keep[idx] = False
-        xf, yf = data.x_train[idx], data.y_train[idx]
+        request, keep = draw_request(data, args.k, seed, "misclassify")
+        xf, yf = request.inputs, request.labels
         started = time.perf_counter()
-        retrained = train_classifier(_build(PRETRAINED["digits"]), data.x_train[keep], data.y_train[keep], PRETRAINED["digits"].recipe)
+        retrained = train_classifier(build_untrained(PRETRAINED["digits"]), data.x_train[keep], data.y_train[keep], PRETRAINED["digits"].recipe)
         retrain_seconds = time.perf_counter() - started
         reference = losses(retrained, xf, yf)
         models = {"original": (original, None), "retrained": (retrained, retrain_seconds)}

@@ -95,7 +95,8 @@ class DefaultModel:
     train_seconds: float
 
 
-def _build(spec: PretrainedSpec) -> SmallCNN:
+def build_untrained(spec: PretrainedSpec) -> SmallCNN:
+    """The untrained model of ``spec``, initialised under its recipe's seed (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.recipe.seed)
         return spec.build()
@@ -137,7 +138,7 @@ def load_pretrained(name: str, *, directory: str | Path | None = None, progress:
     stem = spec.fingerprint()
     path, sidecar = directory / f"{stem}.safetensors", directory / f"{stem}.json"
     data = spec.load_data()
-    model = _build(spec)
+    model = build_untrained(spec)
     if path.is_file() and sidecar.is_file():
         try:
             record = json.loads(sidecar.read_text())
@@ -148,7 +149,7 @@ def load_pretrained(name: str, *, directory: str | Path | None = None, progress:
             )
         except (CheckpointError, KeyError, TypeError, json.JSONDecodeError) as err:
             warnings.warn(f"cached {name} model is unusable ({err}); retraining it", stacklevel=2)
-            model = _build(spec)
+            model = build_untrained(spec)
     started = time.perf_counter()
     train_classifier(model, data.x_train, data.y_train, spec.recipe, progress=progress)
     seconds = time.perf_counter() - started
