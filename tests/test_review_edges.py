@@ -116,3 +116,25 @@ def test_tune_refuses_a_searched_and_fixed_parameter(
 def test_accuracy_in_the_models_dtype(forget: tuple[Tensor, Tensor]) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double()
     assert 0.0 <= unlearnkit.evaluate(model, {"f": forget})["acc/f"] <= 100.0
+
+
+def test_reversed_seed_range_is_a_usage_error() -> None:
+    import click
+
+    from unlearnkit.cli import parse_seeds
+
+    with pytest.raises(click.BadParameter):
+        parse_seeds("0,3-1")
+
+
+def test_written_files_are_readable_by_others(tmp_path, trained_cnn: SmallCNN) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import stat
+
+    from unlearnkit.utils.checkpoint import save_state_dict
+    from unlearnkit.utils.io import default_file_mode, write_json_atomic
+
+    json_path = write_json_atomic(tmp_path / "a.json", {"x": 1})
+    save_state_dict(trained_cnn, tmp_path / "m.safetensors")
+    for path in (json_path, tmp_path / "m.safetensors"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == default_file_mode()

@@ -29,6 +29,8 @@ def parse_seeds(spec: str) -> list[int]:
         for part in spec.split(","):
             if "-" in part.strip()[1:]:
                 low, high = part.split("-", 1) if not part.startswith("-") else ("", "")
+                if int(high) < int(low):
+                    raise ValueError(part)
                 seeds.extend(range(int(low), int(high) + 1))
             else:
                 seeds.append(int(part))

@@ -12,6 +12,7 @@ from torch import nn
 
 from unlearnkit.errors import CheckpointError
 from unlearnkit.utils.hashing import file_sha256
+from unlearnkit.utils.io import default_file_mode
 
 
 def save_state_dict(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> str:
@@ -29,6 +30,7 @@ def save_state_dict(model: nn.Module, path: str | Path, metadata: dict[str, str]
         save_file(state, tmp, metadata=metadata)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0o666 less the umask):
+    ``mkstemp`` creates 0o600 files, which other users (an auditor, a CI job) could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Writes ``data`` as indented JSON to ``path`` via a temporary file and a rename.
 
@@ -24,6 +32,7 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
