@@ -141,3 +141,21 @@ def test_demo_mode_all_runs_three_goals(tmp_path: Path) -> None:
     code, out = run("demo", "-k", "2", "--mode", "all", "--methods", "neggrad", "--set", "max_steps=3", "--no-progress", "-o", str(output))
     assert code == 0, out
     assert json.loads(output.read_text())["config"]["goals"] == ["misclassify", "relabel", "unseen"]
+
+
+def test_demo_reports_a_diverged_run_without_averaging_it(tmp_path: Path) -> None:
+    output = tmp_path / "diverged.json"
+    code, out = run(
+        "demo", "-k", "4", "--seeds", "0-1", "--methods", "neggrad", "--set", "preset=paper", "--set", "lr=1e6",
+        "--set", "max_steps=200", "--no-progress", "-o", str(output),
+    )
+    assert code == 0, out
+    report = json.loads(output.read_text())
+    diverged = [r for r in report["runs"] if r["status"] == "diverged"]
+    assert diverged, "lr=1e6 with the unbounded paper loss should diverge"
+    assert all(r["result"] is None and r["metrics"] == {} and "NaN or infinite" in r["error"] for r in diverged)
+    (summary,) = report["summary"]
+    assert summary["diverged"] == len(diverged)
+    assert "neggrad diverged:" in out
+    if len(diverged) == summary["runs"]:
+        assert "mean acc/test" not in summary
