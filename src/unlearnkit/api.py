@@ -53,7 +53,7 @@ def unlearn(
         heldout: ``(inputs, labels)`` the model was never trained on, for ``goal="unseen"``.
         ids: Names of the forget instances in your records (default ``0..N-1``).
         input_range: ``(low, high)`` bounds of the inputs (default ``(0, 1)``); ``None`` if
-            unbounded.
+            unbounded. With a ``ForgetRequest``, the request's own range applies.
         retain: ``(inputs, labels)`` of retained training data, for methods that use it.
         device: Where to run (default: the model's device).
         inplace: Update ``model`` itself. If the run then fails, ``model`` may be left changed.

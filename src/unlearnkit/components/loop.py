@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,7 @@ class LoopOutcome:
     losses: tuple[float, ...]
 
 
-class _Progress(Generic[Batch]):
+class _Progress:
     """A pass-level progress bar that is a no-op when disabled."""
 
     def __init__(self, enabled: bool, total: int | None, desc: str) -> None:
@@ -89,7 +89,7 @@ def optimise_until(
     decision = monitor.check(model, steps=0, passes=0)
     steps = passes = 0
     losses: list[float] = []
-    bar: _Progress[Batch] = _Progress(progress, monitor.rule.max_passes, desc)
+    bar = _Progress(progress, monitor.rule.max_passes, desc)
     try:
         while not decision.stop:
             batches = make_pass(passes)

@@ -96,6 +96,8 @@ def predict_logits(
             batch = inputs[start : start + batch_size].to(device)
             try:
                 out = model(batch)
+            except torch.cuda.OutOfMemoryError:
+                raise  # not the model's fault: let the caller lower batch_size
             except (RuntimeError, ValueError, TypeError) as err:
                 raise InvalidModelError(
                     f"the model failed on inputs of shape {tuple(batch.shape)} "
