@@ -138,3 +138,10 @@ def test_written_files_are_readable_by_others(tmp_path, trained_cnn: SmallCNN) -
     save_state_dict(trained_cnn, tmp_path / "m.safetensors")
     for path in (json_path, tmp_path / "m.safetensors"):
         assert stat.S_IMODE(os.stat(path).st_mode) == default_file_mode()
+
+
+def test_progress_bars_are_drawn_when_asked(trained_cnn: SmallCNN, forget: tuple[Tensor, Tensor], capsys) -> None:  # type: ignore[no-untyped-def]
+    unlearnkit.unlearn(trained_cnn, forget, method="neggrad", progress=True, max_steps=3)
+    assert "neggrad" in capsys.readouterr().err
+    unlearnkit.unlearn(trained_cnn, forget, method="neggrad", progress=False, max_steps=3)
+    assert "neggrad" not in capsys.readouterr().err
