@@ -9,13 +9,16 @@ from torch import nn
 
 from unlearnkit.methods import method_class
 
-#: Small settings under which every built-in method converges in a few dozen steps on the tiny
-#: trained models of ``conftest.py``; each method receives the subset it accepts.
+#: Small settings under which every built-in goal-driven method converges in a few dozen steps on
+#: the tiny trained models of ``conftest.py``; each method receives the subset it accepts.
 FAST_SETTINGS: dict[str, Any] = {
     "lr": 0.05,
     "n_adv": 2,
     "pgd_steps": 5,
     "max_steps": 300,
+    # Fixed-schedule methods (finetune, retrain): a few passes over the 200 retain rows; the
+    # contract only needs a real training run, not the full 30-epoch retraining recipe.
+    "epochs": 3,
 }
 
 

@@ -5,6 +5,7 @@ hyperparameters (optimiser, forget loss, stop margin), and how l2ul / l2ul_adv b
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import warnings
 from typing import Any
@@ -19,6 +20,7 @@ from helpers import fast_params
 from unlearnkit import InvalidHyperparameterError
 from unlearnkit.components.augment import shifted_copies
 from unlearnkit.components.losses import forget_hinge_loss, forget_loss
+from unlearnkit.data import load_digits_split
 from unlearnkit.methods import FROM_PRESET, ForgetObjectiveMethod, method_class
 from unlearnkit.models import SmallCNN
 from unlearnkit.result import UnlearnResult
@@ -68,6 +70,18 @@ def _expected(name: str, preset: str) -> dict[str, Any]:
     return values
 
 
+@functools.cache
+def _digits_retain() -> tuple[Tensor, Tensor]:
+    """200 digits training rows, retain data for the methods that need it."""
+    digits = load_digits_split()
+    return digits.x_train[200:400], digits.y_train[200:400]
+
+
+def _retain(name: str) -> tuple[Tensor, Tensor] | None:
+    """Retain data if ``name`` declares it needs some, else ``None``."""
+    return None if method_class(name).data_access == "forget" else _digits_retain()
+
+
 def _unlearn(
     name: str,
     model: nn.Module,
@@ -77,7 +91,12 @@ def _unlearn(
 ) -> UnlearnResult:
     """Runs ``name`` with the fast settings plus ``overrides``."""
     return unlearnkit.unlearn(
-        model, forget, method=name, new_labels=new_labels, **fast_params(name, **overrides)
+        model,
+        forget,
+        method=name,
+        new_labels=new_labels,
+        retain=_retain(name),
+        **fast_params(name, **overrides),
     )
 
 
@@ -188,7 +207,7 @@ def test_result_records_the_preset_and_every_resolved_value(
     settings: dict[str, Any] = {"preset": preset, "max_steps": 0}
     if name in ADV_METHODS:
         settings["n_adv"] = 2
-    result = unlearnkit.unlearn(trained_cnn, forget, method=name, **settings)
+    result = unlearnkit.unlearn(trained_cnn, forget, method=name, retain=_retain(name), **settings)
     hyper = result.hyperparams
     assert set(hyper) == set(method_class(name).param_names())
     assert hyper["preset"] == preset

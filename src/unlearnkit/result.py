@@ -58,7 +58,10 @@ class UnlearnResult:
         hyperparams: Every resolved hyperparameter of the method.
         seed: The seed of every random choice.
         converged: Whether every forget instance met its goal when the run stopped.
-        stop_reason: ``goal_reached``, ``max_steps``, ``max_passes`` or ``max_seconds``.
+        stop_reason: ``goal_reached``, ``max_steps``, ``max_passes`` or ``max_seconds``; or
+            ``fixed_schedule`` for methods that run a fixed number of steps without checking
+            the goal (fine-tuning, retraining), where ``converged`` says whether the goal
+            happens to hold at the end.
         steps: Optimiser steps taken.
         passes: Passes over the method's data.
         seconds: Wall time of the call, from validation to the final check.

@@ -7,14 +7,17 @@ non-finite losses, and reports how the run ended.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from unlearnkit.components.batching import shuffled_batches
 from unlearnkit.components.stopping import StopDecision, StopMonitor
 from unlearnkit.errors import NonFiniteError
 
@@ -54,6 +57,32 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def take_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[], Tensor],
+    set_train_mode: Callable[[nn.Module], object],
+    step_number: int,
+) -> float:
+    """One optimiser step on ``loss_fn()`` with the model in its training mode; returns the loss.
+
+    Raises:
+        NonFiniteError: If the loss is NaN or infinite (before any weight changes).
+    """
+    set_train_mode(model)
+    loss = loss_fn()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteError(
+            f"the loss became NaN or infinite ({value}) at step {step_number}; the run was stopped and its model "
+            "discarded (try a smaller learning rate)"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return value
 
 
 def optimise_until(
@@ -96,17 +125,7 @@ def optimise_until(
             if len(batches) == 0:
                 raise ValueError("make_pass returned no batches: nothing to optimise on")
             for index, batch in enumerate(batches):
-                set_train_mode(model)
-                loss = loss_fn(batch)
-                value = float(loss.detach())
-                if not torch.isfinite(loss.detach()):
-                    raise NonFiniteError(
-                        f"the loss became {value} at step {steps + 1}; the run was stopped and its "
-                        "model discarded (try a smaller learning rate)"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                value = take_step(model, optimizer, lambda: loss_fn(batch), set_train_mode, steps + 1)
                 steps += 1
                 losses.append(value)
                 finished_pass = index == len(batches) - 1
@@ -119,3 +138,50 @@ def optimise_until(
     finally:
         bar.close()
     return LoopOutcome(steps, passes, decision.converged, decision.reason, decision.goal_share, tuple(losses))
+
+
+def train_for_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    schedule_every: str = "epoch",
+    set_train_mode: Callable[[nn.Module], object] = nn.Module.train,
+    progress: bool = False,
+    desc: str = "training",
+) -> tuple[int, tuple[float, ...]]:
+    """Minimises cross-entropy on ``(inputs, labels)`` for a fixed number of epochs.
+
+    The fixed-schedule counterpart of :func:`optimise_until` (fine-tuning, retraining): each
+    epoch is a seeded shuffle of the data cut into batches (the last may be short), so a run
+    takes exactly ``ceil(len(inputs) / batch_size) * epochs`` steps; nothing checks the forget set.
+
+    Args:
+        schedule: Learning-rate schedule, stepped after every epoch (``schedule_every="epoch"``)
+            or after every optimiser step (``"step"``).
+
+    Returns:
+        The number of optimiser steps and the loss of every step.
+
+    Raises:
+        NonFiniteError: If a loss becomes NaN or infinite.
+    """
+    steps = 0
+    losses: list[float] = []
+    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
+        for idx in shuffled_batches(inputs.shape[0], batch_size, generator):
+            value = take_step(
+                model, optimizer, lambda: F.cross_entropy(model(inputs[idx]), labels[idx]), set_train_mode, steps + 1
+            )
+            steps += 1
+            losses.append(value)
+            if schedule is not None and schedule_every == "step":
+                schedule.step()
+        if schedule is not None and schedule_every == "epoch":
+            schedule.step()
+    return steps, tuple(losses)

@@ -108,6 +108,11 @@ class UnlearnContext:
         req = self.request
         return StopMonitor(rule, req.inputs, req.labels, req.new_labels, self.loss_targets, started=self.started)
 
+    def goal_holds(self) -> bool:
+        """Whether every forget instance meets its goal now (no margin): the ``converged`` of a
+        fixed-schedule method."""
+        return bool(self.monitor(StopRule(max_passes=None)).goal(self.model).all())
+
 
 class UnlearningMethod(abc.ABC):
     """Base class of unlearning methods.
@@ -123,6 +128,11 @@ class UnlearningMethod(abc.ABC):
             ``"forget+retain"`` (also needs retain data).
         supports_relabel: Whether relabeling requests are accepted.
         supports_unseen: Whether ``goal="unseen"`` requests are accepted.
+        goal_driven: Whether the method runs until the forget set meets its goal (checked after
+            every step, ``stop_reason="goal_reached"`` when it does). ``False`` for methods
+            with a fixed schedule (fine-tuning, retraining): they stop with
+            ``stop_reason="fixed_schedule"`` and ``converged`` only reports whether the goal
+            happens to hold at the end.
     """
 
     name: ClassVar[str] = ""
@@ -130,6 +140,7 @@ class UnlearningMethod(abc.ABC):
     data_access: ClassVar[DataAccess] = "forget"
     supports_relabel: ClassVar[bool] = True
     supports_unseen: ClassVar[bool] = False
+    goal_driven: ClassVar[bool] = True
     #: Preset name -> values of the preset-dependent hyperparameters. ``"default"`` is the robust
     #: recipe used when no preset is named; ``"paper"`` reproduces the published recipe.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}

@@ -7,11 +7,9 @@ import json
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from unlearnkit.components.batching import shuffled_batches
+from unlearnkit.components.loop import train_for_epochs
 from unlearnkit.utils.modules import resolve_device
 
 
@@ -63,12 +61,8 @@ def train_classifier(
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(recipe.seed)
-        model.train()
-        for _ in tqdm(range(recipe.epochs), desc="training", unit="epoch", leave=False, disable=not progress):
-            for idx in shuffled_batches(inputs.shape[0], recipe.batch_size, generator):
-                loss = F.cross_entropy(model(inputs[idx]), labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+        train_for_epochs(
+            model, optimizer, inputs, labels, epochs=recipe.epochs, batch_size=recipe.batch_size,
+            generator=generator, schedule=schedule, schedule_every="step", progress=progress,
+        )
     return model.eval()
