@@ -711,7 +711,7 @@ def test_loop_max_seconds_zero_stops_at_once() -> None:
 
 def test_loop_nan_loss_raises() -> None:
     model = _bias_model(1.05, 0.0)
-    with pytest.raises(NonFiniteError, match="the loss became nan at step 1"):
+    with pytest.raises(NonFiniteError, match=r"the loss became NaN or infinite \(nan\) at step 1"):
         optimise_until(
             model,
             torch.optim.SGD(model.parameters(), lr=1.0),
