@@ -159,3 +159,24 @@ def test_demo_reports_a_diverged_run_without_averaging_it(tmp_path: Path) -> Non
     assert "neggrad diverged:" in out
     if len(diverged) == summary["runs"]:
         assert "mean acc/test" not in summary
+
+
+def test_demo_all_methods_hands_retain_data_and_skips_unsupported_goals(tmp_path: Path) -> None:
+    output = tmp_path / "all.json"
+    code, out = run(
+        "demo", "-k", "3", "--mode", "both", "--methods", "all", *FAST, "--set", "epochs=1", "--set", "max_steps=20",
+        "-o", str(output),
+    )
+    assert code == 0, out
+    report = json.loads(output.read_text())
+    by_key = {(r["method"], r["goal"]): r for r in report["runs"]}
+    assert set(m for m, _ in by_key) == set(unlearnkit.list_methods())
+    for (method, goal), run_ in by_key.items():
+        cls = unlearnkit.methods.method_class(method)
+        if goal == "relabel" and not cls.supports_relabel:
+            assert run_["status"] == "unsupported" and run_["result"] is None
+        else:
+            assert run_["status"] in {"converged", "not_converged", "diverged"}
+            if run_["result"] is not None:
+                expected = report["dataset"]["n_train"] - 3 if cls.data_access == "forget+retain" else 0
+                assert run_["result"]["retain_used"] == expected

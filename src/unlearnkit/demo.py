@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from unlearnkit.components.unseen import per_example_loss
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
-from unlearnkit.methods.registry import create_method
+from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import evaluate
 from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
 from unlearnkit.request import ForgetRequest, Goal
-from unlearnkit.scenarios.single import run_request
+from unlearnkit.scenarios.single import RunRecord, run_request
 from unlearnkit.utils.modules import predict_logits
 from unlearnkit.utils.versions import environment_versions
 
@@ -111,9 +111,15 @@ def run_demo(
         })
         for method in methods:
             bar.set_postfix(method=method, goal=goal, seed=seed)
+            cls = method_class(method)
+            if (goal == "relabel" and not cls.supports_relabel) or (goal == "unseen" and not cls.supports_unseen):
+                runs.append(RunRecord(method, seed, goal, "unsupported", error=f"{method} does not support goal {goal!r}").to_dict())
+                bar.update(1)
+                continue
+            retain = splits["retain"] if cls.data_access == "forget+retain" else None
             record = run_request(
-                model, request, method, splits=splits, seed=seed,
-                hyperparams=hyperparams.get(method), heldout=heldout, progress=progress,
+                model, request, method, splits=splits, seed=seed, hyperparams=hyperparams.get(method),
+                retain=retain, heldout=heldout, progress=progress,
             )
             runs.append(record.to_dict())
             bar.update(1)
@@ -148,11 +154,12 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((run["goal"], run["method"]), []).append(run)
     summary = []
     for (goal, method), group in groups.items():
-        finished = [r for r in group if r["status"] != "diverged"]
+        finished = [r for r in group if r["status"] not in ("diverged", "unsupported")]
         row: dict[str, Any] = {
             "goal": goal, "method": method, "runs": len(group),
             "converged": sum(r["status"] == "converged" for r in group),
-            "diverged": len(group) - len(finished),
+            "diverged": sum(r["status"] == "diverged" for r in group),
+            "unsupported": sum(r["status"] == "unsupported" for r in group),
         }
         for key in ("acc/forget", "acc/retain", "acc/test", "acc/relabel", "unseen", "loss/forget"):
             values = [r["metrics"][key] for r in finished if key in r["metrics"]]
@@ -200,7 +207,7 @@ def demo_tables(report: Mapping[str, Any]) -> str:
         title = f"\n{request['goal']}, k = {len(request['ids'])}, seed {request['seed']} (accuracies in %)"
         blocks.append(title + "\n" + format_table(headers, rows))
         for run in report["runs"]:
-            if run["seed"] == request["seed"] and run["goal"] == request["goal"] and run["error"]:
+            if run["seed"] == request["seed"] and run["goal"] == request["goal"] and run["status"] == "diverged":
                 blocks.append(f"  {run['method']} diverged: {run['error']}")
     if len(report["config"]["seeds"]) > 1:
         headers = ["goal / method", "converged", "diverged", "Acc(D_f)", "Acc(D_r)", "Acc(D_test)", "min Acc(D_test)", "relabeled", "steps", "seconds"]

@@ -14,7 +14,7 @@ from unlearnkit.methods.registry import create_method
 from unlearnkit.metrics.accuracy import evaluate
 from unlearnkit.request import ForgetRequest
 
-Status = Literal["converged", "not_converged", "diverged"]
+Status = Literal["converged", "not_converged", "diverged", "unsupported"]
 
 
 @dataclass
@@ -25,8 +25,9 @@ class RunRecord:
         method: Method name.
         seed: Seed of the run.
         goal: ``"misclassify"``, ``"relabel"`` or ``"unseen"``.
-        status: ``converged``, ``not_converged`` (a cap was reached first) or ``diverged`` (the
-            run produced NaN or infinity and its model was discarded).
+        status: ``converged``, ``not_converged`` (a cap, or a fixed schedule, ended the run
+            before the goal held), ``diverged`` (the run produced NaN or infinity and its model
+            was discarded) or ``unsupported`` (the method does not take this goal; not run).
         error: The error message of a diverged run.
         metrics: ``acc/<split>`` after unlearning (and ``relabel`` in relabeling mode), percent;
             empty for a diverged run.
