@@ -680,7 +680,7 @@ def test_l2ul_params_extend_l2ul_adv() -> None:
 def test_list_methods_pattern() -> None:
     assert {"neggrad", "l2ul", "l2ul_adv"} <= set(METHOD_NAMES)
     assert METHOD_NAMES == sorted(METHOD_NAMES)
-    assert unlearnkit.list_methods("neg*") == ["neggrad", "neggrad_plus"]
+    assert unlearnkit.list_methods("neg*") == ["neggrad", "neggrad_ewc", "neggrad_l2", "neggrad_mas", "neggrad_plus"]
     assert unlearnkit.list_methods("neggrad") == ["neggrad"]
     assert unlearnkit.list_methods("nothing*") == []
 

@@ -3,11 +3,16 @@
 MAS (Memory Aware Synapses, Aljundi et al., ECCV 2018) measures, for each parameter, how much
 the output function changes when it moves: the absolute gradient of the L2 norm of the logits.
 It needs no labels, so it can be computed on the forget instances alone.
+
+The diagonal Fisher information (as in EWC, Kirkpatrick et al., PNAS 2017) measures instead how
+sharply each parameter shapes the loss on the given labels: the mean over instances of the
+squared gradient of each instance's cross-entropy.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearnkit.utils.modules import eval_mode
@@ -50,6 +55,56 @@ def mas_importance(model: nn.Module, inputs: Tensor, *, batch_size: int = 32) ->
             for total, grad in zip(totals, grads):
                 if grad is not None:
                     total.add_(grad.abs(), alpha=share)
+    return {name: total for (name, _), total in zip(named, totals)}
+
+
+def fisher_importance(
+    model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: int = 32
+) -> dict[str, Tensor]:
+    """Diagonal (empirical) Fisher information of every trainable parameter on ``(inputs, labels)``.
+
+    ``F_j = (1/N) sum_i (d CE(f(x_i), y_i) / d theta_j)^2``: the gradient of each instance's own
+    cross-entropy on its given label, squared, averaged over the instances (per-example
+    gradients, not the square of a batch gradient). The model runs in eval mode (so BatchNorm
+    statistics do not move and each instance is treated on its own); its ``.grad`` fields are
+    left untouched.
+
+    Args:
+        model: The classifier.
+        inputs: ``(N, ...)`` inputs on the model's device.
+        labels: ``(N,)`` integer labels.
+        batch_size: Instances per forward pass; the gradients within a batch are still taken
+            one instance at a time.
+
+    Returns:
+        Non-negative importance tensors, by parameter name, shaped like the parameters.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> imp = fisher_importance(model, torch.rand(4, 3), torch.tensor([0, 1, 1, 0]))
+        >>> sorted(imp), bool(all((v >= 0).all() for v in imp.values()))
+        (['bias', 'weight'], True)
+    """
+    n = inputs.shape[0]
+    if n == 0:
+        raise ValueError("Fisher importance needs at least one input")
+    if labels.shape[0] != n:
+        raise ValueError(f"Fisher importance got {n} inputs but {labels.shape[0]} labels")
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    totals = [torch.zeros_like(p) for p in params]
+    with eval_mode(model), torch.enable_grad():
+        for start in range(0, n, batch_size):
+            batch, targets = inputs[start : start + batch_size], labels[start : start + batch_size]
+            # Per-instance losses from one forward pass (eval mode: instances do not interact).
+            losses = F.cross_entropy(model(batch), targets.long(), reduction="none")
+            for i in range(losses.shape[0]):
+                grads = torch.autograd.grad(
+                    losses[i], params, retain_graph=i + 1 < losses.shape[0], allow_unused=True
+                )
+                for total, grad in zip(totals, grads):
+                    if grad is not None:
+                        total.add_(grad.square(), alpha=1.0 / n)
     return {name: total for (name, _), total in zip(named, totals)}
 
 

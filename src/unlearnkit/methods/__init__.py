@@ -9,6 +9,7 @@ from unlearnkit.methods.finetune import FineTune
 from unlearnkit.methods.l2ul import L2UL, L2ULAdv
 from unlearnkit.methods.neggrad import NegGrad
 from unlearnkit.methods.neggrad_plus import NegGradPlus
+from unlearnkit.methods.neggrad_regularized import NegGradEWC, NegGradL2, NegGradMAS, RegularizedNegGrad
 from unlearnkit.methods.random_label import RandomLabel
 from unlearnkit.methods.registry import METHODS, create_method, list_methods, method_class, register_method
 from unlearnkit.methods.retrain import Retrain
@@ -22,8 +23,12 @@ __all__ = [
     "L2ULAdv",
     "MethodRun",
     "NegGrad",
+    "NegGradEWC",
+    "NegGradL2",
+    "NegGradMAS",
     "NegGradPlus",
     "RandomLabel",
+    "RegularizedNegGrad",
     "Retrain",
     "UnlearnContext",
     "UnlearningMethod",

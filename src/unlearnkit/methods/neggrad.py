@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,14 +56,25 @@ class NegGrad(ForgetObjectiveMethod):
         check_count(batch_size=batch_size)
         self.batch_size = batch_size
 
+    def _penalty(self, context: UnlearnContext) -> tuple[Callable[[], torch.Tensor] | None, dict[str, Any]]:
+        """The regulariser added to the loss, with details to record (none for NegGrad itself).
+
+        Called once before the first step, on the original model; subclasses return a callable
+        giving the penalty on the current weights (see
+        :mod:`unlearnkit.methods.neggrad_regularized`).
+        """
+        return None, {}
+
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         model, request = context.model, context.request
         x, y, new, targets = request.inputs, request.labels, request.new_labels, context.loss_targets
+        penalty, details = self._penalty(context)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-            return self.forget_term(
+            loss = self.forget_term(
                 model(x[idx]), y[idx], None if new is None else new[idx], None if targets is None else targets[idx]
             )
+            return loss if penalty is None else loss + penalty()
 
         outcome = optimise_until(
             model,
@@ -74,4 +86,4 @@ class NegGrad(ForgetObjectiveMethod):
             progress=context.progress,
             desc=self.name,
         )
-        return MethodRun.from_loop(outcome, final_loss=outcome.losses[-1] if outcome.losses else None)
+        return MethodRun.from_loop(outcome, final_loss=outcome.losses[-1] if outcome.losses else None, **details)
