@@ -14,7 +14,7 @@ from torch import Tensor
 
 import unlearnkit
 import unlearnkit.components.attacks as attacks_module
-import unlearnkit.methods.l2ul as l2ul_module
+import unlearnkit.components.regularizers as regularizers_module
 from helpers import fast_params, same_weights, snapshot
 from unlearnkit.components import (
     default_l2_eps,
@@ -67,7 +67,7 @@ def test_l2ul_penalty_is_zero_at_the_start_and_positive_after(
         values.append(float(value.detach()))
         return value
 
-    monkeypatch.setattr(l2ul_module, "importance_weighted_l2", recording)
+    monkeypatch.setattr(regularizers_module, "importance_weighted_l2", recording)
     result = _unlearn("l2ul", trained_cnn, forget, new_labels)
     assert result.converged and result.steps >= 5
     assert len(values) == result.steps  # evaluated once per optimiser step
@@ -91,7 +91,7 @@ def test_l2ul_penalty_is_computed_on_the_original_weights(
         captured.setdefault("weights", weights)
         return importance_weighted_l2(model, reference, weights)
 
-    monkeypatch.setattr(l2ul_module, "importance_weighted_l2", recording)
+    monkeypatch.setattr(regularizers_module, "importance_weighted_l2", recording)
     _unlearn("l2ul", trained_cnn, forget, new_labels)
     original = clone_parameters(trained_cnn)
     expected = min_max_normalise(mas_importance(trained_cnn, forget[0]))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
+
+from unlearnkit.utils.modules import clone_parameters
 
 
 def importance_weighted_l2(
@@ -38,3 +42,32 @@ def importance_weighted_l2(
         term = diff.square() if weight is None else weight * diff.square()
         total = total + 0.5 * term.sum()
     return total
+
+
+def anchored_penalty(model: nn.Module, weights: dict[str, Tensor], scale: float) -> Callable[[], Tensor]:
+    """A penalty ``scale * importance_weighted_l2(model, theta0, weights)`` toward the weights the
+    model has *now* (call it before the first step), as a zero-argument callable for the loss.
+
+    Example:
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> penalty = anchored_penalty(model, {}, scale=2.0)
+        >>> float(penalty().detach())
+        0.0
+    """
+    reference = clone_parameters(model)
+
+    def penalty() -> Tensor:
+        return scale * importance_weighted_l2(model, reference, weights)
+
+    return penalty
+
+
+def mean_weight(weights: dict[str, Tensor]) -> float:
+    """The mean of every entry of every tensor (e.g. the average normalised importance).
+
+    Example:
+        >>> mean_weight({"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([1.0, 1.0])})
+        0.75
+    """
+    total = sum(w.numel() for w in weights.values())
+    return float(sum(w.sum() for w in weights.values()) / max(1, total))

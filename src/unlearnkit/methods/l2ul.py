@@ -29,7 +29,7 @@ from unlearnkit.components.batching import (
 from unlearnkit.components.importance import mas_importance, min_max_normalise
 from unlearnkit.components.loop import optimise_until
 from unlearnkit.components.losses import distillation_loss
-from unlearnkit.components.regularizers import importance_weighted_l2
+from unlearnkit.components.regularizers import anchored_penalty, mean_weight
 from unlearnkit.components.step_size import StepSizeTrial, search_learning_rate
 from unlearnkit.methods.ascent import ASCENT_PRESETS, ForgetObjectiveMethod
 from unlearnkit.methods.base import (
@@ -43,7 +43,7 @@ from unlearnkit.methods.base import (
     optional,
 )
 from unlearnkit.methods.registry import register_method
-from unlearnkit.utils.modules import clone_parameters, predict_logits
+from unlearnkit.utils.modules import predict_logits
 
 #: Default Linf radius when ``pgd_norm="linf"`` and no ``pgd_eps`` is given.
 DEFAULT_LINF_EPS = 8 / 255
@@ -390,11 +390,4 @@ class L2UL(L2ULAdv):
             mas_importance(model, context.request.inputs, batch_size=self.importance_batch_size)
         )
         freedom = {name: 1.0 - omega for name, omega in importance.items()}
-        reference = clone_parameters(model)
-        total = sum(o.numel() for o in importance.values())
-        mean_importance = float(sum(o.sum() for o in importance.values()) / max(1, total))
-
-        def penalty() -> Tensor:
-            return self.reg_lambda * importance_weighted_l2(model, reference, freedom)
-
-        return penalty, {"importance/mean": mean_importance}
+        return anchored_penalty(model, freedom, self.reg_lambda), {"importance/mean": mean_weight(importance)}

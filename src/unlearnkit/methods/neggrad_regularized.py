@@ -29,11 +29,10 @@ from typing import Any
 from torch import Tensor
 
 from unlearnkit.components.importance import fisher_importance, mas_importance, min_max_normalise
-from unlearnkit.components.regularizers import importance_weighted_l2
+from unlearnkit.components.regularizers import anchored_penalty, mean_weight
 from unlearnkit.methods.base import UnlearnContext, check_count, check_non_negative, check_positive
 from unlearnkit.methods.neggrad import NegGrad
 from unlearnkit.methods.registry import register_method
-from unlearnkit.utils.modules import clone_parameters
 
 
 class RegularizedNegGrad(NegGrad):
@@ -56,19 +55,26 @@ class RegularizedNegGrad(NegGrad):
         raise NotImplementedError
 
     def _penalty(self, context: UnlearnContext) -> tuple[Callable[[], Tensor] | None, dict[str, Any]]:
-        model = context.model
         weights, details = self._weights(context)  # on the original model, before any step
-        reference = clone_parameters(model)
-
-        def penalty() -> Tensor:
-            return self.reg_lambda * importance_weighted_l2(model, reference, weights)
-
-        return penalty, details
+        return anchored_penalty(context.model, weights, self.reg_lambda), details
 
 
-def _mean(importance: dict[str, Tensor]) -> float:
-    total = sum(o.numel() for o in importance.values())
-    return float(sum(o.sum() for o in importance.values()) / max(1, total))
+class _ImportanceNegGrad(RegularizedNegGrad):
+    """A regularised NegGrad whose weights are a min-max normalised importance on the forget set."""
+
+    def __init__(self, *, importance_batch_size: int = 32, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_positive(importance_batch_size=importance_batch_size)
+        check_count(importance_batch_size=importance_batch_size)
+        self.importance_batch_size = importance_batch_size
+
+    def _importance(self, context: UnlearnContext) -> dict[str, Tensor]:
+        """Raw (unnormalised) importance of every trainable parameter."""
+        raise NotImplementedError
+
+    def _weights(self, context: UnlearnContext) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        importance = min_max_normalise(self._importance(context))
+        return importance, {"importance/mean": mean_weight(importance)}
 
 
 @register_method("neggrad_l2")
@@ -104,7 +110,7 @@ class NegGradL2(RegularizedNegGrad):
 
 
 @register_method("neggrad_mas")
-class NegGradMAS(RegularizedNegGrad):
+class NegGradMAS(_ImportanceNegGrad):
     """NegGrad plus a MAS-weighted L2 toward the original weights (``w = importance``).
 
     Minimises the NegGrad forget loss plus ``reg_lambda * sum_j 0.5 * Omega_j * (theta_j -
@@ -125,21 +131,12 @@ class NegGradMAS(RegularizedNegGrad):
 
     summary = "NegGrad plus MAS-importance-weighted L2 toward the original (a baseline of Cha et al., AAAI 2024)."
 
-    def __init__(self, *, importance_batch_size: int = 32, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        check_positive(importance_batch_size=importance_batch_size)
-        check_count(importance_batch_size=importance_batch_size)
-        self.importance_batch_size = importance_batch_size
-
-    def _weights(self, context: UnlearnContext) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        importance = min_max_normalise(
-            mas_importance(context.model, context.request.inputs, batch_size=self.importance_batch_size)
-        )
-        return importance, {"importance/mean": _mean(importance)}
+    def _importance(self, context: UnlearnContext) -> dict[str, Tensor]:
+        return mas_importance(context.model, context.request.inputs, batch_size=self.importance_batch_size)
 
 
 @register_method("neggrad_ewc")
-class NegGradEWC(RegularizedNegGrad):
+class NegGradEWC(_ImportanceNegGrad):
     """NegGrad plus a Fisher-weighted L2 toward the original weights (EWC, ``w = importance``).
 
     Minimises the NegGrad forget loss plus ``reg_lambda * sum_j 0.5 * F_j * (theta_j -
@@ -164,15 +161,6 @@ class NegGradEWC(RegularizedNegGrad):
 
     summary = "NegGrad plus Fisher-weighted (EWC) L2 toward the original (a baseline of Cha et al., AAAI 2024)."
 
-    def __init__(self, *, importance_batch_size: int = 32, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        check_positive(importance_batch_size=importance_batch_size)
-        check_count(importance_batch_size=importance_batch_size)
-        self.importance_batch_size = importance_batch_size
-
-    def _weights(self, context: UnlearnContext) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    def _importance(self, context: UnlearnContext) -> dict[str, Tensor]:
         request = context.request
-        importance = min_max_normalise(
-            fisher_importance(context.model, request.inputs, request.labels, batch_size=self.importance_batch_size)
-        )
-        return importance, {"importance/mean": _mean(importance)}
+        return fisher_importance(context.model, request.inputs, request.labels, batch_size=self.importance_batch_size)

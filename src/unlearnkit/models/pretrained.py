@@ -26,6 +26,7 @@ from unlearnkit.metrics.accuracy import accuracy
 from unlearnkit.models.small_cnn import SmallCNN
 from unlearnkit.models.training import TrainRecipe, train_classifier
 from unlearnkit.utils.checkpoint import load_state_dict, save_state_dict
+from unlearnkit.utils.io import write_json_atomic
 from unlearnkit.utils.versions import environment_versions
 
 #: Environment variable that overrides the cache directory.
@@ -162,7 +163,5 @@ def load_pretrained(name: str, *, directory: str | Path | None = None, progress:
         "train_seconds": seconds,
         "versions": environment_versions(),
     }
-    tmp = sidecar.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, sidecar)
+    write_json_atomic(sidecar, record)
     return DefaultModel(model, data, path, sha, test_acc, spec.recipe, False, seconds)

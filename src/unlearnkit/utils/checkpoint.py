@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -12,7 +10,7 @@ from torch import nn
 
 from unlearnkit.errors import CheckpointError
 from unlearnkit.utils.hashing import file_sha256
-from unlearnkit.utils.io import default_file_mode
+from unlearnkit.utils.io import write_atomic
 
 
 def save_state_dict(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> str:
@@ -21,20 +19,8 @@ def save_state_dict(model: nn.Module, path: str | Path, metadata: dict[str, str]
     The file is written to a temporary name in the same directory, flushed to disk and then
     renamed, so a crash leaves either the old file or the new one, never half of one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return file_sha256(path)
 
 

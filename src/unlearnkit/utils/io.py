@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +18,35 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Creates ``path`` by ``write(temporary_path)``, flushed to disk, then an atomic rename.
+
+    A crash leaves either the old file or the new one, never half of one; the temporary file is
+    removed on any failure, and the new file gets the usual permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Writes ``data`` as indented JSON to ``path`` via a temporary file and a rename.
 
     Raises:
         OSError: If the directory cannot be created or written; no partial file is left.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # Serialise first: a value JSON cannot hold (NaN) fails before any file is touched.
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
