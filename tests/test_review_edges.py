@@ -39,10 +39,13 @@ def test_l2ul_refuses_non_numbers_and_fractional_counts() -> None:
         unlearnkit.create_method("l2ul", importance_batch_size=2.5)
 
 
-def test_a_run_without_any_cap_is_refused() -> None:
+@pytest.mark.parametrize("name", ["neggrad", "l2ul_adv", "neggrad_plus", "random_label"])
+def test_a_run_without_any_cap_is_refused(name: str) -> None:
     with pytest.raises(InvalidHyperparameterError, match="at least one of max_passes"):
-        unlearnkit.create_method("l2ul_adv", max_passes=None, max_steps=None, max_seconds=None)
-    unlearnkit.create_method("l2ul_adv", max_passes=None, max_steps=None, max_seconds=5.0)
+        unlearnkit.create_method(name, max_passes=None, max_steps=None, max_seconds=None)
+    unlearnkit.create_method(name, max_passes=None, max_steps=None, max_seconds=5.0)
+    with pytest.raises(InvalidHyperparameterError, match="whole number"):
+        unlearnkit.create_method(name, max_passes=2.5)
 
 
 @pytest.mark.parametrize("name", ["neggrad", "l2ul_adv", "l2ul"])

@@ -18,11 +18,10 @@ from unlearnkit.errors import InvalidHyperparameterError
 from unlearnkit.methods.base import (
     FROM_PRESET,
     UnlearningMethod,
+    check_caps,
     check_choice,
-    check_count,
     check_non_negative,
     check_positive,
-    optional,
 )
 from unlearnkit.utils.modules import train_with_frozen_batchnorm
 
@@ -105,16 +104,11 @@ class ForgetObjectiveMethod(UnlearningMethod):
                 )
         else:
             check_positive(lr=self.lr)
-        check_count(**optional(max_passes=self.max_passes, max_steps=self.max_steps))
         check_non_negative(
             momentum=self.momentum, weight_decay=self.weight_decay, forget_margin=self.forget_margin,
-            stop_margin=self.stop_margin, **optional(max_seconds=self.max_seconds),
+            stop_margin=self.stop_margin,
         )
-        if self.max_passes is None and self.max_steps is None and self.max_seconds is None:
-            raise InvalidHyperparameterError(
-                "at least one of max_passes, max_steps and max_seconds must be set: a run that never "
-                "reaches its goal would otherwise never end"
-            )
+        check_caps(self.max_passes, self.max_steps, self.max_seconds)
 
     def make_optimizer(self, model: nn.Module, lr: float | None = None) -> Any:
         """The configured optimiser over the model's trainable parameters (at ``lr`` if given)."""

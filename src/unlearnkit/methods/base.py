@@ -425,6 +425,18 @@ def check_count(**values: int) -> None:
             raise InvalidHyperparameterError(f"{name} must be >= 0 and a whole number, got {value!r}")
 
 
+def check_caps(max_passes: int | None, max_steps: int | None, max_seconds: float | None) -> None:
+    """Checks the caps of a goal-driven run: whole numbers / a non-negative number where given,
+    and at least one given (a run that never reaches its goal must still end)."""
+    check_count(**optional(max_passes=max_passes, max_steps=max_steps))
+    check_non_negative(**optional(max_seconds=max_seconds))
+    if max_passes is None and max_steps is None and max_seconds is None:
+        raise InvalidHyperparameterError(
+            "at least one of max_passes, max_steps and max_seconds must be set: a run that never "
+            "reaches its goal would otherwise never end"
+        )
+
+
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raises :class:`InvalidHyperparameterError` unless ``value`` is one of ``choices``."""
     # Compare types too, so that 1 is not accepted for True.

@@ -11,17 +11,16 @@ from unlearnkit.components.batching import cycled_batches, random_other_classes,
 from unlearnkit.components.loop import optimise_until
 from unlearnkit.components.optim import make_optimizer
 from unlearnkit.components.stopping import StopRule
-from unlearnkit.errors import InvalidHyperparameterError
 from unlearnkit.methods.base import (
     FROM_PRESET,
     MethodRun,
     UnlearnContext,
     UnlearningMethod,
+    check_caps,
     check_choice,
     check_count,
     check_non_negative,
     check_positive,
-    optional,
 )
 from unlearnkit.methods.registry import register_method
 from unlearnkit.utils.modules import train_with_frozen_batchnorm
@@ -115,19 +114,12 @@ class RandomLabel(UnlearningMethod):
         check_choice("optimizer", self.optimizer, ("adam", "sgd"))
         check_choice("bn_mode", self.bn_mode, ("freeze", "train"))
         check_positive(lr=self.lr, batch_size=self.batch_size, retain_batch_size=self.retain_batch_size)
-        check_count(
-            batch_size=self.batch_size, retain_batch_size=self.retain_batch_size,
-            **optional(max_passes=self.max_passes, max_steps=self.max_steps),
-        )
+        check_count(batch_size=self.batch_size, retain_batch_size=self.retain_batch_size)
         check_non_negative(
             momentum=self.momentum, weight_decay=self.weight_decay, stop_margin=self.stop_margin,
-            retain_weight=self.retain_weight, **optional(max_seconds=self.max_seconds),
+            retain_weight=self.retain_weight,
         )
-        if self.max_passes is None and self.max_steps is None and self.max_seconds is None:
-            raise InvalidHyperparameterError(
-                "at least one of max_passes, max_steps and max_seconds must be set: a run that never "
-                "reaches its goal would otherwise never end"
-            )
+        check_caps(self.max_passes, self.max_steps, self.max_seconds)
 
     def forget_targets(self, labels: Tensor, new_labels: Tensor | None, context: UnlearnContext) -> Tensor:
         """The labels a forget batch is trained toward: the new labels when relabeling, else a
