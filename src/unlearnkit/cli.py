@@ -84,7 +84,7 @@ def methods() -> None:
     width = max(len(n) for n in names)
     for name in names:
         cls = method_class(name)
-        data = "forget only" if cls.data_access == "forget" else "forget + retain"
+        data = {"forget": "forget only", "forget+retain": "forget + retain"}.get(cls.data_access, "forget, retain optional")
         click.echo(f"{name.ljust(width)}  [{data}{', relabel' if cls.supports_relabel else ''}]  {cls.summary}")
 
 

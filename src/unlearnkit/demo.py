@@ -116,7 +116,8 @@ def run_demo(
                 runs.append(RunRecord(method, seed, goal, "unsupported", error=f"{method} does not support goal {goal!r}").to_dict())
                 bar.update(1)
                 continue
-            retain = splits["retain"] if cls.data_access == "forget+retain" else None
+            # Methods that can use retain data get it (the demo holds the whole retain split).
+            retain = None if cls.data_access == "forget" else splits["retain"]
             record = run_request(
                 model, request, method, splits=splits, seed=seed, hyperparams=hyperparams.get(method),
                 retain=retain, heldout=heldout, progress=progress,

@@ -152,6 +152,7 @@ def train_for_epochs(
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     schedule_every: str = "epoch",
     set_train_mode: Callable[[nn.Module], object] = nn.Module.train,
+    penalty: Callable[[int], Tensor] | None = None,
     progress: bool = False,
     desc: str = "training",
 ) -> tuple[int, tuple[float, ...]]:
@@ -164,6 +165,8 @@ def train_for_epochs(
     Args:
         schedule: Learning-rate schedule, stepped after every epoch (``schedule_every="epoch"``)
             or after every optimiser step (``"step"``).
+        penalty: Added to every step's loss; called with the 0-based epoch (so a penalty may
+            follow a schedule over epochs, e.g. a decaying sparsity weight).
 
     Returns:
         The number of optimiser steps and the loss of every step.
@@ -173,11 +176,14 @@ def train_for_epochs(
     """
     steps = 0
     losses: list[float] = []
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
+    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
         for idx in shuffled_batches(inputs.shape[0], batch_size, generator):
-            value = take_step(
-                model, optimizer, lambda: F.cross_entropy(model(inputs[idx]), labels[idx]), set_train_mode, steps + 1
-            )
+
+            def loss_fn() -> Tensor:
+                loss = F.cross_entropy(model(inputs[idx]), labels[idx])  # noqa: B023 (called at once)
+                return loss if penalty is None else loss + penalty(epoch)  # noqa: B023
+
+            value = take_step(model, optimizer, loss_fn, set_train_mode, steps + 1)
             steps += 1
             losses.append(value)
             if schedule is not None and schedule_every == "step":

@@ -31,7 +31,7 @@ def importance_weighted_l2(
     Example:
         >>> model = nn.Linear(1, 1, bias=False)
         >>> ref = {"weight": model.weight.detach().clone() - 2.0}
-        >>> float(importance_weighted_l2(model, ref, {"weight": torch.tensor([[0.5]])}).detach())
+        >>> round(float(importance_weighted_l2(model, ref, {"weight": torch.tensor([[0.5]])}).detach()), 5)
         1.0
     """
     params = dict(model.named_parameters())

@@ -35,7 +35,7 @@ from unlearnkit.utils.hashing import state_dict_sha256
 from unlearnkit.utils.modules import check_finite_parameters, model_dtype, predict_logits, resolve_device
 from unlearnkit.utils.versions import environment_versions
 
-DataAccess = Literal["forget", "forget+retain"]
+DataAccess = Literal["forget", "forget+retain", "forget+optional-retain"]
 
 
 class _FromPreset:
@@ -86,7 +86,8 @@ class UnlearnContext:
         generator: CPU generator seeded with ``seed``, for every random choice.
         seed: The seed.
         progress: Whether to show progress bars.
-        retain: Retain inputs and labels, only for methods that declare ``forget+retain``.
+        retain: Retain inputs and labels, only for methods that declare ``forget+retain`` or
+            ``forget+optional-retain`` (then ``None`` when not given).
         loss_targets: Per-instance loss targets of the ``unseen`` goal, else ``None``.
         started: ``time.perf_counter()`` at the start of the call (for time caps).
     """
@@ -124,8 +125,9 @@ class UnlearningMethod(abc.ABC):
     Class attributes:
         name: Registry name.
         summary: One line for ``unlearnkit methods``.
-        data_access: ``"forget"`` (uses only the model and the forget set) or
-            ``"forget+retain"`` (also needs retain data).
+        data_access: ``"forget"`` (uses only the model and the forget set),
+            ``"forget+retain"`` (also needs retain data) or ``"forget+optional-retain"`` (works
+            from the forget set alone, and uses retain data when it is given).
         supports_relabel: Whether relabeling requests are accepted.
         supports_unseen: Whether ``goal="unseen"`` requests are accepted.
         goal_driven: Whether the method runs until the forget set meets its goal (checked after
@@ -210,7 +212,8 @@ class UnlearningMethod(abc.ABC):
         Args:
             model: Any ``nn.Module`` mapping a float batch to ``(N, C)`` logits.
             request: The validated forget request.
-            retain: Retain inputs and labels, for methods that declare ``forget+retain`` only.
+            retain: Retain inputs and labels, for methods that declare ``forget+retain`` or
+                ``forget+optional-retain`` only.
             heldout: Inputs and labels the model was never trained on; with ``goal="unseen"``
                 they calibrate the loss targets (without them, images use shifted copies).
                 Never trained on.
