@@ -26,7 +26,14 @@ def fast_params(method: str, **overrides: Any) -> dict[str, Any]:
     """``FAST_SETTINGS`` plus ``overrides``, restricted to the hyperparameters ``method`` takes."""
     names = set(method_class(method).param_names())
     merged = {**FAST_SETTINGS, **overrides}
-    return {k: v for k, v in merged.items() if k in names}
+    chosen = {k: v for k, v in merged.items() if k in names}
+    if "base_params" in names and "base_params" not in overrides:
+        # A wrapper (gu): the fast settings and the overrides go to the method it wraps.
+        # At lr 0.05 the relabeling hinge oscillates around margin 0 on the tiny CNN, with or
+        # without the projection (plain neggrad with SGD stalls there too); 0.02 converges.
+        base = overrides.get("base", "neggrad")
+        chosen["base_params"] = fast_params(base, **{"lr": 0.02, **{k: v for k, v in overrides.items() if k != "base"}})
+    return chosen
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,9 +3,9 @@
 Some methods decide *which* part of an update is allowed (SalUn updates only salient weights;
 GU executes only the part of an update orthogonal to the retain gradients) while leaving *how*
 the update is computed to an ordinary optimiser. :func:`constrained_updates` does this for any
-optimiser, including ones created inside another method's loop: it records the watched
-parameters before each ``optimizer.step()`` and, after it, replaces the change ``delta`` by
-``transform(delta)``. Constraining the executed change (rather than the gradient) holds for every
+optimiser, including ones created inside another method's loop: before each
+``optimizer.step()`` it applies ``transform`` to the gradients and records the watched
+parameters, and after it replaces the change ``delta`` by ``transform(delta)``. Constraining the executed change (rather than the gradient) holds for every
 optimiser: Adam's per-coordinate scaling, momentum and weight decay cannot leak past it.
 """
 
@@ -24,7 +24,9 @@ UpdateTransform = Callable[[list[Tensor]], list[Tensor]]
 
 
 @contextmanager
-def constrained_updates(params: Sequence[nn.Parameter], transform: UpdateTransform) -> Iterator[list[int]]:
+def constrained_updates(
+    params: Sequence[nn.Parameter], transform: UpdateTransform, *, constrain_gradients: bool = True
+) -> Iterator[list[int]]:
     """Constrains every optimiser step on ``params`` taken inside the ``with`` block.
 
     Steps of optimisers that hold none of ``params`` are left alone, so the hooks (which are
@@ -36,6 +38,10 @@ def constrained_updates(params: Sequence[nn.Parameter], transform: UpdateTransfo
         params: The parameters whose changes are constrained (all of them, in a fixed order).
         transform: Receives the changes of one step (one tensor per parameter, in order) and
             returns the changes to execute.
+        constrain_gradients: Also apply ``transform`` to the gradients before each step, so
+            that the optimiser's state (momentum, Adam's moments) is built from constrained
+            gradients too; without it Adam keeps normalising by directions it may not move in,
+            and can stall (measured: a projected relabeling run at lr 0.05 stuck at margin 0).
 
     Yields:
         A one-element list counting the constrained steps so far.
@@ -62,6 +68,12 @@ def constrained_updates(params: Sequence[nn.Parameter], transform: UpdateTransfo
     def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if holds_watched(optimizer):
             saved[:] = [p.detach().clone() for p in watched]
+            if constrain_gradients:
+                with torch.no_grad():
+                    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in watched]
+                    for p, grad in zip(watched, transform(grads)):
+                        if p.grad is not None:
+                            p.grad.copy_(grad)
 
     def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not holds_watched(optimizer) or not saved:
@@ -127,3 +139,34 @@ def orthogonal_to(basis: Tensor) -> UpdateTransform:
         return out
 
     return transform
+
+
+def loss_gradients(model: nn.Module, inputs: Tensor, labels: Tensor, batches: Sequence[Tensor]) -> Tensor:
+    """The gradients of the mean cross-entropy of each batch, flattened over every trainable
+    parameter: a ``(d, len(batches))`` matrix, one column per batch.
+
+    The model runs in eval mode (BatchNorm statistics do not move) and its ``.grad`` fields are
+    left untouched (``torch.autograd.grad``). Memory: ``d * len(batches)`` numbers.
+
+    Example:
+        >>> layer = nn.Linear(3, 2)
+        >>> x, y = torch.rand(4, 3), torch.tensor([0, 1, 1, 0])
+        >>> loss_gradients(layer, x, y, [torch.tensor([0, 1]), torch.tensor([2, 3])]).shape
+        torch.Size([8, 2])
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    columns = []
+    was_training = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for idx in batches:
+                loss = nn.functional.cross_entropy(model(inputs[idx]), labels[idx])
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                columns.append(
+                    torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+                )
+    finally:
+        for module, training in zip(model.modules(), was_training):
+            module.train(training)
+    return torch.stack(columns, dim=1)

@@ -6,6 +6,7 @@ Importing this package registers every built-in method.
 from unlearnkit.methods.ascent import ForgetObjectiveMethod
 from unlearnkit.methods.base import FROM_PRESET, MethodRun, UnlearnContext, UnlearningMethod
 from unlearnkit.methods.finetune import FineTune
+from unlearnkit.methods.gu import GeometricUnlearning
 from unlearnkit.methods.l2ul import L2UL, L2ULAdv
 from unlearnkit.methods.neggrad import NegGrad
 from unlearnkit.methods.neggrad_plus import NegGradPlus
@@ -17,6 +18,7 @@ from unlearnkit.methods.retrain import Retrain
 __all__ = [
     "FROM_PRESET",
     "FineTune",
+    "GeometricUnlearning",
     "ForgetObjectiveMethod",
     "L2UL",
     "METHODS",

@@ -135,6 +135,9 @@ class UnlearningMethod(abc.ABC):
             with a fixed schedule (fine-tuning, retraining): they stop with
             ``stop_reason="fixed_schedule"`` and ``converged`` only reports whether the goal
             happens to hold at the end.
+        gradient_based: Whether the method changes the model through optimiser steps (``False``
+            for closed-form and one-shot methods); wrappers that constrain optimiser steps
+            (``gu``) refuse the others.
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +146,7 @@ class UnlearningMethod(abc.ABC):
     supports_relabel: ClassVar[bool] = True
     supports_unseen: ClassVar[bool] = False
     goal_driven: ClassVar[bool] = True
+    gradient_based: ClassVar[bool] = True
     #: Preset name -> values of the preset-dependent hyperparameters. ``"default"`` is the robust
     #: recipe used when no preset is named; ``"paper"`` reproduces the published recipe.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
