@@ -233,3 +233,117 @@ def calibrated_targeted_pgd(
         if round_index < rounds - 1:
             radii[todo[~ok]] *= growth
     return CalibratedAttack(adversarial, reached, radii, first)
+
+
+def untargeted_pgd(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    eps: float | Tensor,
+    steps: int = 5,
+    step_size: float | Tensor | None = None,
+    norm: Norm = "linf",
+    random_start: bool = False,
+    input_range: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> Tensor:
+    """Untargeted PGD: moves each input away from being classified as its label.
+
+    The counterpart of :func:`targeted_pgd`: each step *raises* the cross-entropy on the
+    label (a step along the sign of the gradient for Linf, along the normalised gradient for
+    L2), projects back into the ball of radius ``eps`` around the clean input and clamps to
+    ``input_range``. Every step is taken, whether or not an input has already left its class
+    (as in the usual Linf PGD / FGSM with several iterations), so the result says which class
+    lies beyond the nearest boundary in the direction of steepest ascent. The model runs in eval
+    mode (its mode is restored afterwards) and its parameters receive no gradient.
+
+    Args:
+        model: Classifier mapping ``(N, ...)`` inputs to ``(N, C)`` logits.
+        inputs: Clean inputs, ``(N, ...)``.
+        labels: The classes to move away from, ``(N,)``.
+        eps: Radius of the ball, a float or a per-example tensor ``(N,)``.
+        steps: Number of gradient steps; 0 returns the (random) start.
+        step_size: Step length; defaults to ``2.5 * eps / steps`` (as :func:`targeted_pgd`).
+        norm: ``"linf"`` or ``"l2"``.
+        random_start: Start from a uniformly random point in the ball instead of the clean
+            input (off by default: a deterministic attack from the input itself).
+        input_range: ``(low, high)`` to clamp to, or ``None`` for unbounded inputs.
+        generator: Source of randomness for the start; a fresh seed-0 generator if ``None``.
+        batch_size: Attack this many examples at a time (to bound memory); all at once if
+            ``None``.
+
+    Returns:
+        Adversarial inputs, same shape and device as ``inputs``, detached.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> x = torch.rand(5, 4)
+        >>> y = model(x).argmax(1)
+        >>> adv = untargeted_pgd(model, x, y, eps=0.1, steps=5)
+        >>> bool(((adv - x).abs() <= 0.1 + 1e-6).all()), bool(((adv >= 0) & (adv <= 1)).all())
+        (True, True)
+        >>> ce = torch.nn.functional.cross_entropy
+        >>> bool(ce(model(adv), y) > ce(model(x), y))
+        True
+    """
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = inputs.shape[0]
+    view = (n,) + (1,) * (inputs.dim() - 1)
+    eps_t = torch.as_tensor(eps, dtype=inputs.dtype, device=inputs.device).expand(n).reshape(view)
+    if step_size is None:
+        step_t = eps_t * (2.5 / max(steps, 1))
+    else:
+        step_t = torch.as_tensor(step_size, dtype=inputs.dtype, device=inputs.device).expand(n).reshape(view)
+    clean = inputs.detach()
+    # Every random start is drawn up front, so attacking in chunks gives the same result.
+    x = clean + _random_start(clean, eps_t, norm, generator) if random_start else clean.clone()
+    if input_range is not None:
+        x = x.clamp(*input_range)
+    chunk = n if batch_size is None else max(1, batch_size)
+    grad_state = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in grad_state:
+            p.requires_grad_(False)
+        with eval_mode(model), torch.enable_grad():
+            pieces = [
+                _ascend(model, clean[sl], x[sl], labels[sl], eps_t[sl], step_t[sl], steps, norm, input_range)
+                for sl in (slice(i, i + chunk) for i in range(0, n, chunk))
+            ]
+    finally:
+        for p, flag in grad_state:
+            p.requires_grad_(flag)
+    return torch.cat(pieces) if pieces else x.detach()
+
+
+def _ascend(
+    model: nn.Module,
+    clean: Tensor,
+    x: Tensor,
+    labels: Tensor,
+    eps: Tensor,
+    step: Tensor,
+    steps: int,
+    norm: Norm,
+    input_range: tuple[float, float] | None,
+) -> Tensor:
+    """The untargeted PGD iterations for one chunk, from start ``x``."""
+    for _ in range(steps):
+        x = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            if norm == "linf":
+                x = x + step * grad.sign()
+            else:
+                x = x + step * grad / _per_example_norm(grad)
+            x = clean + _project(x - clean, eps, norm)
+            if input_range is not None:
+                x = x.clamp(*input_range)
+    return x.detach()

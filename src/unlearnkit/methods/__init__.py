@@ -3,8 +3,10 @@
 Importing this package registers every built-in method.
 """
 
+from unlearnkit.methods.acu import ACU, fit_analytic_head, prepare_analytic_memory
 from unlearnkit.methods.ascent import ForgetObjectiveMethod
 from unlearnkit.methods.base import FROM_PRESET, MethodRun, UnlearnContext, UnlearningMethod
+from unlearnkit.methods.boundary_shrink import BoundaryShrink
 from unlearnkit.methods.finetune import FineTune
 from unlearnkit.methods.gu import GeometricUnlearning
 from unlearnkit.methods.l2ul import L2UL, L2ULAdv
@@ -14,15 +16,19 @@ from unlearnkit.methods.neggrad_regularized import NegGradEWC, NegGradL2, NegGra
 from unlearnkit.methods.random_label import RandomLabel
 from unlearnkit.methods.registry import METHODS, create_method, list_methods, method_class, register_method
 from unlearnkit.methods.retrain import Retrain
+from unlearnkit.methods.salun import SalUn
+from unlearnkit.methods.ssd import SSD
 
 __all__ = [
+    "ACU",
+    "BoundaryShrink",
     "FROM_PRESET",
     "FineTune",
-    "GeometricUnlearning",
     "ForgetObjectiveMethod",
+    "GeometricUnlearning",
     "L2UL",
-    "METHODS",
     "L2ULAdv",
+    "METHODS",
     "MethodRun",
     "NegGrad",
     "NegGradEWC",
@@ -32,10 +38,14 @@ __all__ = [
     "RandomLabel",
     "RegularizedNegGrad",
     "Retrain",
+    "SSD",
+    "SalUn",
     "UnlearnContext",
     "UnlearningMethod",
     "create_method",
+    "fit_analytic_head",
     "list_methods",
     "method_class",
+    "prepare_analytic_memory",
     "register_method",
 ]
