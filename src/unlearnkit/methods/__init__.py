@@ -5,10 +5,12 @@ Importing this package registers every built-in method.
 
 from unlearnkit.methods.acu import ACU, fit_analytic_head, prepare_analytic_memory
 from unlearnkit.methods.ascent import ForgetObjectiveMethod
+from unlearnkit.methods.bad_teacher import BadTeacher
 from unlearnkit.methods.base import FROM_PRESET, MethodRun, UnlearnContext, UnlearningMethod
 from unlearnkit.methods.boundary_shrink import BoundaryShrink
 from unlearnkit.methods.finetune import FineTune
 from unlearnkit.methods.gu import GeometricUnlearning
+from unlearnkit.methods.l1_sparse import L1Sparse
 from unlearnkit.methods.l2ul import L2UL, L2ULAdv
 from unlearnkit.methods.neggrad import NegGrad
 from unlearnkit.methods.neggrad_plus import NegGradPlus
@@ -17,15 +19,18 @@ from unlearnkit.methods.random_label import RandomLabel
 from unlearnkit.methods.registry import METHODS, create_method, list_methods, method_class, register_method
 from unlearnkit.methods.retrain import Retrain
 from unlearnkit.methods.salun import SalUn
+from unlearnkit.methods.scrub import Scrub
 from unlearnkit.methods.ssd import SSD
 
 __all__ = [
     "ACU",
+    "BadTeacher",
     "BoundaryShrink",
     "FROM_PRESET",
     "FineTune",
     "ForgetObjectiveMethod",
     "GeometricUnlearning",
+    "L1Sparse",
     "L2UL",
     "L2ULAdv",
     "METHODS",
@@ -40,6 +45,7 @@ __all__ = [
     "Retrain",
     "SSD",
     "SalUn",
+    "Scrub",
     "UnlearnContext",
     "UnlearningMethod",
     "create_method",
