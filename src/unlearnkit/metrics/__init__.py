@@ -1,5 +1,69 @@
-"""Metrics of unlearning. Metrics know no method: they take models and data."""
+"""Metrics of unlearning. Metrics know no method: they take models and data.
+
+- accuracy: :func:`accuracy`, :func:`evaluate`;
+- membership inference: :func:`mia_efficacy` (SalUn), :func:`entropy_mia` (SSD),
+  :func:`loss_threshold_auc`;
+- gap to a retrained model: :func:`average_gap` (SalUn), :func:`per_example_epsilon`,
+  :func:`forgetting_score`, :func:`challenge_score` (NeurIPS 2023 challenge);
+- representation: :func:`feature_layer`, :func:`extract_features`, :func:`linear_cka`,
+  :func:`knn_accuracy`, :func:`representation_report`, :func:`weight_change_by_layer`;
+- collateral damage: :func:`collateral_damage`; relearn time: :func:`relearn_steps`.
+"""
 
 from unlearnkit.metrics.accuracy import accuracy, evaluate
+from unlearnkit.metrics.collateral import CollateralDamage, collateral_damage
+from unlearnkit.metrics.features import extract_features, extract_layer_features, feature_layer
+from unlearnkit.metrics.gap import (
+    AVERAGE_GAP_KEYS,
+    average_gap,
+    challenge_score,
+    forgetting_score,
+    logit_confidence,
+    per_example_epsilon,
+    per_example_epsilons,
+    unlearning_accuracy,
+)
+from unlearnkit.metrics.membership import (
+    MembershipAttackResult,
+    cross_entropy_loss,
+    entropy_mia,
+    logit_scaled_confidence,
+    loss_threshold_auc,
+    mia_efficacy,
+    softmax_entropy,
+    true_label_probability,
+)
+from unlearnkit.metrics.relearn import RelearnResult, relearn_steps
+from unlearnkit.metrics.representation import knn_accuracy, linear_cka, representation_report, weight_change_by_layer
 
-__all__ = ["accuracy", "evaluate"]
+__all__ = [
+    "AVERAGE_GAP_KEYS",
+    "CollateralDamage",
+    "MembershipAttackResult",
+    "RelearnResult",
+    "accuracy",
+    "average_gap",
+    "challenge_score",
+    "collateral_damage",
+    "cross_entropy_loss",
+    "entropy_mia",
+    "evaluate",
+    "extract_features",
+    "extract_layer_features",
+    "feature_layer",
+    "forgetting_score",
+    "knn_accuracy",
+    "linear_cka",
+    "logit_confidence",
+    "logit_scaled_confidence",
+    "loss_threshold_auc",
+    "mia_efficacy",
+    "per_example_epsilon",
+    "per_example_epsilons",
+    "relearn_steps",
+    "representation_report",
+    "softmax_entropy",
+    "true_label_probability",
+    "unlearning_accuracy",
+    "weight_change_by_layer",
+]
