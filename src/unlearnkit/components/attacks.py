@@ -112,6 +112,30 @@ def targeted_pgd(
         >>> bool(((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all())
         True
     """
+    return _pgd(
+        model, inputs, targets, -1.0, eps=eps, steps=steps, step_size=step_size, norm=norm,
+        random_start=random_start, input_range=input_range, generator=generator, batch_size=batch_size,
+    )
+
+
+def _pgd(
+    model: nn.Module,
+    inputs: Tensor,
+    classes: Tensor,
+    sign: float,
+    *,
+    eps: float | Tensor,
+    steps: int,
+    step_size: float | Tensor | None,
+    norm: Norm,
+    random_start: bool,
+    input_range: tuple[float, float] | None,
+    generator: torch.Generator | None,
+    batch_size: int | None,
+) -> Tensor:
+    """PGD on the cross-entropy toward ``classes``: ``sign=-1`` descends it (targeted),
+    ``sign=+1`` ascends it (untargeted). Shared set-up: radius and step per example, random
+    start drawn up front, model in eval mode without parameter gradients, chunking."""
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
     if steps < 0:
@@ -136,7 +160,7 @@ def targeted_pgd(
             p.requires_grad_(False)
         with eval_mode(model), torch.enable_grad():
             pieces = [
-                _descend(model, clean[sl], x[sl], targets[sl], eps_t[sl], step_t[sl], steps, norm, input_range)
+                _iterate(model, clean[sl], x[sl], classes[sl], eps_t[sl], step_t[sl], steps, norm, input_range, sign)
                 for sl in (slice(i, i + chunk) for i in range(0, n, chunk))
             ]
     finally:
@@ -145,27 +169,28 @@ def targeted_pgd(
     return torch.cat(pieces) if pieces else x.detach()
 
 
-def _descend(
+
+
+def _iterate(
     model: nn.Module,
     clean: Tensor,
     x: Tensor,
-    targets: Tensor,
+    classes: Tensor,
     eps: Tensor,
     step: Tensor,
     steps: int,
     norm: Norm,
     input_range: tuple[float, float] | None,
+    sign: float,
 ) -> Tensor:
     """The PGD iterations for one chunk, from start ``x``."""
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), targets, reduction="sum")
+        loss = F.cross_entropy(model(x), classes, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
         with torch.no_grad():
-            if norm == "linf":
-                x = x - step * grad.sign()
-            else:
-                x = x - step * grad / _per_example_norm(grad)
+            direction = grad.sign() if norm == "linf" else grad / _per_example_norm(grad)
+            x = x + sign * step * direction
             x = clean + _project(x - clean, eps, norm)
             if input_range is not None:
                 x = x.clamp(*input_range)
@@ -289,61 +314,7 @@ def untargeted_pgd(
         >>> bool(ce(model(adv), y) > ce(model(x), y))
         True
     """
-    if norm not in ("l2", "linf"):
-        raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    n = inputs.shape[0]
-    view = (n,) + (1,) * (inputs.dim() - 1)
-    eps_t = torch.as_tensor(eps, dtype=inputs.dtype, device=inputs.device).expand(n).reshape(view)
-    if step_size is None:
-        step_t = eps_t * (2.5 / max(steps, 1))
-    else:
-        step_t = torch.as_tensor(step_size, dtype=inputs.dtype, device=inputs.device).expand(n).reshape(view)
-    clean = inputs.detach()
-    # Every random start is drawn up front, so attacking in chunks gives the same result.
-    x = clean + _random_start(clean, eps_t, norm, generator) if random_start else clean.clone()
-    if input_range is not None:
-        x = x.clamp(*input_range)
-    chunk = n if batch_size is None else max(1, batch_size)
-    grad_state = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in grad_state:
-            p.requires_grad_(False)
-        with eval_mode(model), torch.enable_grad():
-            pieces = [
-                _ascend(model, clean[sl], x[sl], labels[sl], eps_t[sl], step_t[sl], steps, norm, input_range)
-                for sl in (slice(i, i + chunk) for i in range(0, n, chunk))
-            ]
-    finally:
-        for p, flag in grad_state:
-            p.requires_grad_(flag)
-    return torch.cat(pieces) if pieces else x.detach()
-
-
-def _ascend(
-    model: nn.Module,
-    clean: Tensor,
-    x: Tensor,
-    labels: Tensor,
-    eps: Tensor,
-    step: Tensor,
-    steps: int,
-    norm: Norm,
-    input_range: tuple[float, float] | None,
-) -> Tensor:
-    """The untargeted PGD iterations for one chunk, from start ``x``."""
-    for _ in range(steps):
-        x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), labels, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-        with torch.no_grad():
-            if norm == "linf":
-                x = x + step * grad.sign()
-            else:
-                x = x + step * grad / _per_example_norm(grad)
-            x = clean + _project(x - clean, eps, norm)
-            if input_range is not None:
-                x = x.clamp(*input_range)
-    return x.detach()
+    return _pgd(
+        model, inputs, labels, 1.0, eps=eps, steps=steps, step_size=step_size, norm=norm,
+        random_start=random_start, input_range=input_range, generator=generator, batch_size=batch_size,
+    )
