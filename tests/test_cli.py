@@ -13,7 +13,9 @@ from click.testing import CliRunner
 import unlearnkit
 from unlearnkit.cli import main, parse_seeds
 
-FAST = ["--set", "n_adv=2", "--set", "pgd_steps=5", "--set", "max_passes=30", "--no-progress"]
+FAST = ["--set", "n_adv=2", "--set", "pgd_steps=5", "--set", "max_passes=30", "--no-progress", "--no-evidence"]
+#: The fast settings with the evidence gathered (one retraining per forget set, cached).
+FAST_WITH_EVIDENCE = FAST[:-1]
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -37,11 +39,15 @@ def test_version() -> None:
 
 def test_demo_writes_table_and_json(tmp_path: Path) -> None:
     output = tmp_path / "out" / "demo.json"
-    code, out = run("demo", "-k", "4", "--seeds", "0-1", "--mode", "both", "--methods", "neggrad,l2ul", *FAST, "-o", str(output))
+    code, out = run(
+        "demo", "-k", "4", "--seeds", "0-1", "--mode", "both", "--methods", "neggrad,l2ul", *FAST_WITH_EVIDENCE,
+        "-o", str(output),
+    )
     assert code == 0, out
     assert "Acc(D_test)" in out and "means over seeds" in out and str(output) in out
+    assert "evidence (percent" in out and "evidence, means over seeds" in out
     report = json.loads(output.read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2 and report["config"]["evidence"] is True
     assert report["config"]["seeds"] == [0, 1] and report["config"]["goals"] == ["misclassify", "relabel"]
     assert len(report["requests"]) == 4 and len(report["runs"]) == 8
     assert report["config"]["hyperparams"]["l2ul"] == {"n_adv": 2, "pgd_steps": 5, "max_passes": 30}
@@ -53,8 +59,21 @@ def test_demo_writes_table_and_json(tmp_path: Path) -> None:
             assert len(run_["result"]["outcomes"]) == 4
             if run_["goal"] == "relabel":
                 assert "acc/relabel" in run_["metrics"]
+    for run_ in report["runs"]:
+        if run_["status"] == "diverged":
+            assert run_["evidence"] is None
+            continue
+        evidence = run_["evidence"]
+        assert set(evidence) >= {"ua", "mia_efficacy", "entropy_mia", "loss_auc", "gap", "cka", "cka_layers",
+                                 "knn_forget", "weight_change", "collateral", "relearn", "instances", "verdict"}
+        assert evidence["ua"] == 100.0 - run_["metrics"]["acc/forget"]
+        assert [i["id"] for i in evidence["instances"]] == [o["id"] for o in run_["result"]["outcomes"]]
+        assert evidence["gap"]["average"] >= 0 and evidence["cka"]["retrained"] is not None
     for request in report["requests"]:
         assert request["original"]["acc/forget"] >= 75.0
+        assert request["image_shape"] == [1, 8, 8] and len(request["images"]) == 4
+        assert request["retrained"]["acc/retain"] > 90 and len(request["retrained"]["sha256"]) == 64
+        assert len(request["per_class_test_original"]) == request["num_classes"] == 10
         if request["goal"] == "relabel":
             assert all(a != b for a, b in zip(request["labels"], request["new_labels"]))
     assert len(report["model"]["sha256"]) == 64

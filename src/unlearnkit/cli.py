@@ -112,10 +112,15 @@ def methods() -> None:
 )
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Model cache directory.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@click.option(
+    "--evidence/--no-evidence", default=True, show_default=True,
+    help="Gather the evidence of every run: membership attacks, gap to a model retrained without the "
+    "forget set (trained once per request, cached), CKA, k-NN, collateral damage, relearn steps, verdict.",
+)
 def demo(
     dataset: str,
     k: int, seeds: str, mode: str, method_spec: str, settings: tuple[str, ...], output: Path,
-    cache_dir: Path | None, progress: bool | None,
+    cache_dir: Path | None, progress: bool | None, evidence: bool,
 ) -> None:
     """Unlearn k random training instances from a pretrained CNN with each method.
 
@@ -133,6 +138,7 @@ def demo(
         report = run_demo(
             dataset=dataset, k=k, seeds=parse_seeds(seeds), goals=goals, methods=chosen,  # type: ignore[arg-type]
             hyperparams=parse_settings(settings, chosen), cache_directory=cache_dir, progress=show,
+            evidence=evidence,
         )
         click.echo(demo_tables(report))
         write_json_atomic(output, report)

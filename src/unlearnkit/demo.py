@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,15 +21,17 @@ from unlearnkit.components.unseen import per_example_loss
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import evaluate
-from unlearnkit.models.pretrained import load_pretrained
+from unlearnkit.models.pretrained import load_pretrained, load_retrained
 from unlearnkit.report.table import format_table
 from unlearnkit.request import ForgetRequest, Goal
+from unlearnkit.result import UnlearnResult
+from unlearnkit.scenarios.evidence import gather_evidence, model_figures
 from unlearnkit.scenarios.single import RunRecord, run_request
 from unlearnkit.utils.modules import predict_logits
 from unlearnkit.utils.versions import environment_versions
 
 #: Schema version of the demo report JSON (documented in the README).
-DEMO_SCHEMA_VERSION = 1
+DEMO_SCHEMA_VERSION = 2
 DEFAULT_DEMO_METHODS: tuple[str, ...] = ("neggrad", "l2ul_adv", "l2ul")
 
 
@@ -64,6 +66,7 @@ def run_demo(
     hyperparams: Mapping[str, Mapping[str, Any]] | None = None,
     cache_directory: str | Path | None = None,
     progress: bool = False,
+    evidence: bool = True,
 ) -> dict[str, Any]:
     """Runs every method on k random forget instances of a pretrained model (default: digits).
 
@@ -80,8 +83,13 @@ def run_demo(
             the first half of the test set, which the model never saw).
         methods: Registered method names.
         hyperparams: Per-method hyperparameters, ``{method: {name: value}}``.
-        cache_directory: Where the default model is cached.
+        cache_directory: Where the default model (and each request's retrained reference) is
+            cached.
         progress: Show progress bars.
+        evidence: Gather the evidence of every run (membership attacks, gap to a model
+            retrained without the forget set, CKA, k-NN, collateral damage, relearn steps,
+            verdict; see :func:`~unlearnkit.scenarios.evidence.gather_evidence`). Retrains the
+            model once per forget set (about 4 s on digits, cached).
 
     Returns:
         The report: data set, model (with sha256), configuration, one entry per request with the
@@ -105,10 +113,18 @@ def run_demo(
         original["loss/forget"] = float(per_example_loss(predict_logits(model, request.inputs), labels).mean())
         if new_labels is not None:
             original.update(evaluate(model, {"relabel": (request.inputs, new_labels)}))
-        requests.append({
+        entry: dict[str, Any] = {
             "seed": seed, "goal": goal, "ids": list(request.ids), "labels": labels.tolist(),
             "new_labels": None if new_labels is None else new_labels.tolist(), "original": original,
-        })
+            "num_classes": data.num_classes, "image_shape": list(request.inputs.shape[1:]),
+            "images": request.inputs.squeeze(1).tolist() if request.inputs.shape[1] == 1 else request.inputs.tolist(),
+        }
+        gather = None
+        if evidence:
+            gather, entry["retrained"], entry["per_class_test_original"] = _evidence_for_request(
+                model, data, request, splits, dataset, cache_directory, seed, progress
+            )
+        requests.append(entry)
         for method in methods:
             bar.set_postfix(method=method, goal=goal, seed=seed)
             cls = method_class(method)
@@ -120,7 +136,7 @@ def run_demo(
             retain = None if cls.data_access == "forget" else splits["retain"]
             record = run_request(
                 model, request, method, splits=splits, seed=seed, hyperparams=hyperparams.get(method),
-                retain=retain, heldout=heldout, progress=progress,
+                retain=retain, heldout=heldout, progress=progress, evidence=gather,
             )
             runs.append(record.to_dict())
             bar.update(1)
@@ -135,13 +151,60 @@ def run_demo(
         },
         "config": {
             "k": k, "seeds": list(seeds), "goals": list(goals), "methods": list(methods),
-            "hyperparams": {m: dict(v) for m, v in hyperparams.items()},
+            "hyperparams": {m: dict(v) for m, v in hyperparams.items()}, "evidence": evidence,
         },
         "requests": requests,
         "runs": runs,
         "summary": summarise(runs),
         "versions": environment_versions(),
     }
+
+
+def _evidence_for_request(
+    model: torch.nn.Module,
+    data: DataSplit,
+    request: ForgetRequest,
+    splits: Mapping[str, tuple[Tensor, Tensor]],
+    dataset: str,
+    cache_directory: str | Path | None,
+    seed: int,
+    progress: bool,
+) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], list[float | None]]:
+    """The retrained reference of ``request`` (cached), its figures, the original model's
+    per-class test accuracy, and a function gathering the evidence of one run."""
+    forget = (request.inputs, request.labels)
+    retain, test = splits["retain"], splits["test"]
+    reference = load_retrained(dataset, request.ids, directory=cache_directory, progress=progress)
+    original_figures = model_figures(model, forget, retain, test, num_classes=data.num_classes, seed=seed)
+    retrained_figures = model_figures(reference.model, forget, retain, test, num_classes=data.num_classes, seed=seed)
+    retrained = {
+        **{k: v for k, v in retrained_figures.items() if k != "per_class_test"},
+        "per_class_test": retrained_figures["per_class_test"],
+        "sha256": reference.sha256, "seconds": reference.train_seconds, "from_cache": reference.from_cache,
+    }
+
+    def gather(result: UnlearnResult) -> dict[str, Any]:
+        return gather_evidence(
+            model, result.model, forget, retain, test,
+            goal_met=[o.goal_met for o in result.outcomes], ids=list(request.ids),
+            original_figures=original_figures, retrained=reference.model, retrained_figures=retrained_figures,
+            num_classes=data.num_classes, seed=seed,
+        )
+
+    return gather, retrained, original_figures["per_class_test"]
+
+
+#: Evidence figures averaged over seeds in the summary, and where each is in a run's evidence.
+EVIDENCE_FIGURES: dict[str, Callable[[Mapping[str, Any]], float | None]] = {
+    "mia_efficacy": lambda e: e["mia_efficacy"],
+    "entropy_mia": lambda e: e["entropy_mia"],
+    "loss_auc": lambda e: e["loss_auc"],
+    "gap": lambda e: None if e["gap"] is None else e["gap"]["average"],
+    "cka_original": lambda e: e["cka"]["original"],
+    "cka_retrained": lambda e: e["cka"]["retrained"],
+    "knn_forget": lambda e: e["knn_forget"],
+    "relearn_steps": lambda e: e["relearn"]["steps"] if e["relearn"]["reached"] else None,
+}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -169,6 +232,14 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 row[f"min {key}"] = min(values)
         row["mean steps"] = _mean([r["result"]["steps"] for r in finished])
         row["mean seconds"] = _mean([r["result"]["seconds"] for r in finished])
+        with_evidence = [r["evidence"] for r in finished if r.get("evidence")]
+        if with_evidence:
+            for key, value in EVIDENCE_FIGURES.items():
+                values = [v for v in (value(e) for e in with_evidence) if v is not None]
+                if values:
+                    row[f"mean {key}"] = _mean(values)
+            row["logit_only"] = sum(bool(e["logit_only"]) for e in with_evidence)
+            row["verdict_passed"] = sum(bool(e["verdict"]["passed"]) for e in with_evidence)
         summary.append(row)
     return summary
 
@@ -210,6 +281,8 @@ def demo_tables(report: Mapping[str, Any]) -> str:
         for run in report["runs"]:
             if run["seed"] == request["seed"] and run["goal"] == request["goal"] and run["status"] == "diverged":
                 blocks.append(f"  {run['method']} diverged: {run['error']}")
+        if request.get("retrained") is not None:
+            blocks.append(_evidence_table(request, report["runs"]))
     if len(report["config"]["seeds"]) > 1:
         headers = ["goal / method", "converged", "diverged", "Acc(D_f)", "Acc(D_r)", "Acc(D_test)", "min Acc(D_test)", "relabeled", "steps", "seconds"]
         rows = [
@@ -219,4 +292,46 @@ def demo_tables(report: Mapping[str, Any]) -> str:
             for s in report["summary"]
         ]
         blocks.append("\nmeans over seeds " + str(report["config"]["seeds"]) + " (diverged runs excluded)\n" + format_table(headers, rows))
+        if any("mean gap" in s for s in report["summary"]):
+            headers = ["goal / method", "MIA-eff", "entropy MIA", "gap", "CKA orig", "CKA retr", "5-NN(D_f)", "relearn", "logit only", "verdict ok"]
+            rows = [
+                [f"{s['goal']} / {s['method']}", s.get("mean mia_efficacy"), s.get("mean entropy_mia"), s.get("mean gap"),
+                 _fmt(s.get("mean cka_original")), _fmt(s.get("mean cka_retrained")), s.get("mean knn_forget"),
+                 s.get("mean relearn_steps"), f"{s.get('logit_only', 0)}/{s['runs']}", f"{s.get('verdict_passed', 0)}/{s['runs']}"]
+                for s in report["summary"] if "mean gap" in s
+            ]
+            blocks.append("\nevidence, means over seeds\n" + format_table(headers, rows))
     return "\n".join(blocks)
+
+
+def _relearn_cell(relearn: Mapping[str, Any]) -> object:
+    if relearn["steps"] is None:
+        return "overflow"
+    return relearn["steps"] if relearn["reached"] else f">{relearn['steps']}"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _evidence_table(request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str:
+    """The evidence of each run on one request, beside the retrained reference's figures."""
+    headers = ["method", "UA", "MIA-eff", "entropy MIA", "loss AUC", "gap", "CKA orig", "CKA retr", "5-NN(D_f)", "relearn", "logit only", "verdict"]
+    ref = request["retrained"]
+    rows: list[list[object]] = [
+        ["retrained", ref["ua"], ref["mia_efficacy"], ref["entropy_mia"], _fmt(ref["loss_auc"]), 0.0, None, "1.000", None, None, None, None]
+    ]
+    for run in runs:
+        if run["seed"] != request["seed"] or run["goal"] != request["goal"] or not run.get("evidence"):
+            continue
+        e = run["evidence"]
+        rows.append([
+            run["method"], e["ua"], e["mia_efficacy"], e["entropy_mia"], _fmt(e["loss_auc"]),
+            None if e["gap"] is None else e["gap"]["average"], _fmt(e["cka"]["original"]), _fmt(e["cka"]["retrained"]),
+            e["knn_forget"], _relearn_cell(e["relearn"]),
+            "yes" if e["logit_only"] else "no", "pass" if e["verdict"]["passed"] else "fail",
+        ])
+    return (
+        "evidence (percent; gap = SalUn average gap to the retrained model; CKA on forget + test inputs; "
+        "relearn = SGD steps on D_f to restore its accuracy)\n" + format_table(headers, rows)
+    )

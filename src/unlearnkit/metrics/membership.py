@@ -49,6 +49,7 @@ class MembershipAttackResult:
         n_members: Member rows the attack was trained on.
         n_non_members: Non-member rows the attack was trained on.
         n_targets: Target rows scored.
+        target_is_member: The attack's call on each target row, in order (``True``: member).
     """
 
     score: float
@@ -57,6 +58,7 @@ class MembershipAttackResult:
     n_members: int
     n_non_members: int
     n_targets: int
+    target_is_member: tuple[bool, ...] = ()
 
     def __float__(self) -> float:
         return self.score
@@ -268,15 +270,16 @@ def _fit_and_score(
     members: np.ndarray,
     non_members: np.ndarray,
     targets: np.ndarray,
-) -> tuple[float, float]:
+) -> tuple[float, float, tuple[bool, ...]]:
     """Fits ``classifier`` (member 1, non-member 0) and returns (percent of targets called
-    member, balanced training accuracy in percent)."""
+    member, balanced training accuracy in percent, the call on each target)."""
     features = np.concatenate([members, non_members])[:, None]
     truth = np.concatenate([np.ones(members.size), np.zeros(non_members.size)])
     classifier.fit(features, truth)
     train_accuracy = 100.0 * balanced_accuracy_score(truth, classifier.predict(features))
-    member_rate = 100.0 * float(classifier.predict(targets[:, None]).mean())
-    return member_rate, float(train_accuracy)
+    calls = classifier.predict(targets[:, None]) > 0.5
+    member_rate = 100.0 * float(calls.mean())
+    return member_rate, float(train_accuracy), tuple(bool(c) for c in calls)
 
 
 def mia_efficacy_from_scores(
@@ -309,7 +312,7 @@ def mia_efficacy_from_scores(
     rng = np.random.default_rng(seed)
     members = members[_subsample(members.size, size, rng)]
     non_members = non_members[_subsample(non_members.size, size, rng)]
-    member_rate, train_accuracy = _fit_and_score(
+    member_rate, train_accuracy, calls = _fit_and_score(
         SVC(C=3.0, gamma="auto", kernel="rbf"), members, non_members, targets
     )
     return MembershipAttackResult(
@@ -319,6 +322,7 @@ def mia_efficacy_from_scores(
         n_members=members.size,
         n_non_members=non_members.size,
         n_targets=targets.size,
+        target_is_member=calls,
     )
 
 
@@ -352,7 +356,7 @@ def entropy_mia_from_scores(
         members = members[_subsample(members.size, max_samples, rng)]
         non_members = non_members[_subsample(non_members.size, max_samples, rng)]
     classifier = LogisticRegression(class_weight="balanced", solver="lbfgs", random_state=seed)
-    member_rate, train_accuracy = _fit_and_score(classifier, members, non_members, targets)
+    member_rate, train_accuracy, calls = _fit_and_score(classifier, members, non_members, targets)
     return MembershipAttackResult(
         score=member_rate,
         predicted_member=member_rate,
@@ -360,6 +364,7 @@ def entropy_mia_from_scores(
         n_members=members.size,
         n_non_members=non_members.size,
         n_targets=targets.size,
+        target_is_member=calls,
     )
 
 

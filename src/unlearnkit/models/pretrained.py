@@ -7,11 +7,12 @@ the hash and reuse it. A cache file that fails the check is retrained, never tru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,13 +133,68 @@ def load_pretrained(name: str, *, directory: str | Path | None = None, progress:
     Raises:
         KeyError: If ``name`` is not a known model.
     """
+    spec = _spec(name)
+    data = spec.load_data()
+    return _load_or_train(spec, data, data.x_train, data.y_train, spec.fingerprint(), f"{name} model", directory, progress)
+
+
+def load_retrained(
+    name: str, forget_ids: Sequence[int], *, directory: str | Path | None = None, progress: bool = False
+) -> DefaultModel:
+    """The model ``name`` retrained from scratch without the training rows ``forget_ids``: the
+    gold-standard reference of a forget request, cached like the pretrained model.
+
+    Same architecture, initial weights (the recipe's seed) and recipe as :func:`load_pretrained`,
+    trained on every training row but the forgotten ones. The cache key is the spec's fingerprint
+    plus the sha256 of the sorted forget ids, so each forget set is trained once; a cache file
+    that fails its hash check is retrained.
+
+    Args:
+        name: A key of :data:`PRETRAINED`.
+        forget_ids: Indices into the training set (order and repeats do not matter).
+        directory: Cache directory; defaults to :func:`cache_dir`.
+        progress: Show a progress bar while training.
+
+    Raises:
+        KeyError: If ``name`` is not a known model.
+        ValueError: If ``forget_ids`` is empty or holds an index outside the training set.
+    """
+    spec = _spec(name)
+    data = spec.load_data()
+    ids = sorted({int(i) for i in forget_ids})
+    if not ids:
+        raise ValueError("forget_ids is empty: the reference of an empty request is the pretrained model")
+    n = len(data.y_train)
+    if ids[0] < 0 or ids[-1] >= n:
+        raise ValueError(f"forget_ids must index the {n} training rows; got {ids[0] if ids[0] < 0 else ids[-1]}")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[ids] = False
+    digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    stem = f"{spec.fingerprint()}-without-{digest}"
+    what = f"{name} model retrained without {len(ids)} rows"
+    return _load_or_train(spec, data, data.x_train[keep], data.y_train[keep], stem, what, directory, progress)
+
+
+def _spec(name: str) -> PretrainedSpec:
     if name not in PRETRAINED:
         raise KeyError(f"unknown pretrained model {name!r}; known: {sorted(PRETRAINED)}")
-    spec = PRETRAINED[name]
+    return PRETRAINED[name]
+
+
+def _load_or_train(
+    spec: PretrainedSpec,
+    data: DataSplit,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    stem: str,
+    what: str,
+    directory: str | Path | None,
+    progress: bool,
+) -> DefaultModel:
+    """Loads ``stem`` from the cache if its hash checks out, else trains ``spec``'s model on
+    ``(inputs, labels)`` and caches it (safetensors plus a sidecar JSON with the sha256)."""
     directory = Path(directory) if directory is not None else cache_dir()
-    stem = spec.fingerprint()
     path, sidecar = directory / f"{stem}.safetensors", directory / f"{stem}.json"
-    data = spec.load_data()
     model = build_untrained(spec)
     if path.is_file() and sidecar.is_file():
         try:
@@ -149,16 +205,17 @@ def load_pretrained(name: str, *, directory: str | Path | None = None, progress:
                 spec.recipe, True, 0.0,
             )
         except (CheckpointError, KeyError, TypeError, json.JSONDecodeError) as err:
-            warnings.warn(f"cached {name} model is unusable ({err}); retraining it", stacklevel=2)
+            warnings.warn(f"cached {what} is unusable ({err}); retraining it", stacklevel=3)
             model = build_untrained(spec)
     started = time.perf_counter()
-    train_classifier(model, data.x_train, data.y_train, spec.recipe, progress=progress)
+    train_classifier(model, inputs, labels, spec.recipe, progress=progress)
     seconds = time.perf_counter() - started
     test_acc = accuracy(model, data.x_test, data.y_test)
     sha = save_state_dict(model, path, metadata={"recipe": json.dumps(asdict(spec.recipe))})
     record = {
         "sha256": sha,
         "recipe": asdict(spec.recipe),
+        "train_rows": int(labels.shape[0]),
         "test_accuracy": test_acc,
         "train_seconds": seconds,
         "versions": environment_versions(),

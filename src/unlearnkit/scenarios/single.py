@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from unlearnkit.methods.base import RetainData
 from unlearnkit.methods.registry import create_method
 from unlearnkit.metrics.accuracy import evaluate
 from unlearnkit.request import ForgetRequest
+from unlearnkit.result import UnlearnResult
 
 Status = Literal["converged", "not_converged", "diverged", "unsupported"]
 
@@ -28,10 +29,13 @@ class RunRecord:
         status: ``converged``, ``not_converged`` (a cap, or a fixed schedule, ended the run
             before the goal held), ``diverged`` (the run produced NaN or infinity and its model
             was discarded) or ``unsupported`` (the method does not take this goal; not run).
-        error: The error message of a diverged run.
+        error: The error message of a diverged run, or why the evidence of a finished run could
+            not be gathered.
         metrics: ``acc/<split>`` after unlearning (and ``relabel`` in relabeling mode), percent;
             empty for a diverged run.
         result: :meth:`UnlearnResult.to_dict` of the run; ``None`` for a diverged run.
+        evidence: What the ``evidence`` callable of :func:`run_request` made of the result
+            (e.g. :func:`~unlearnkit.scenarios.evidence.gather_evidence`), else ``None``.
     """
 
     method: str
@@ -41,6 +45,7 @@ class RunRecord:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     result: dict[str, Any] | None = None
+    evidence: dict[str, Any] | None = None
 
     @property
     def steps(self) -> int | None:
@@ -68,6 +73,7 @@ def run_request(
     retain: RetainData | None = None,
     heldout: RetainData | None = None,
     progress: bool = False,
+    evidence: Callable[[UnlearnResult], dict[str, Any]] | None = None,
 ) -> RunRecord:
     """Applies ``method`` to ``request`` on a copy of ``model`` and evaluates the result.
 
@@ -84,6 +90,8 @@ def run_request(
         retain: Retain data, for methods that use it.
         heldout: Data the model never saw, to calibrate ``goal="unseen"``.
         progress: Show progress bars.
+        evidence: Called with the result of a finished run; what it returns is recorded as
+            the run's evidence.
     """
     algorithm = create_method(method, **dict(hyperparams or {}))
     try:
@@ -99,4 +107,14 @@ def run_request(
     if "unseen/after" in result.metrics:
         metrics["unseen"] = result.metrics["unseen/after"]
     status: Status = "converged" if result.converged else "not_converged"
-    return RunRecord(method, seed, request.goal, status, metrics=metrics, result=result.to_dict())
+    gathered, error = None, None
+    if evidence is not None:
+        try:
+            gathered = evidence(result)
+        except (ValueError, NonFiniteError) as err:
+            # E.g. a model whose logits overflow on the test data: the run stands, its evidence
+            # could not be measured, and the record says why.
+            error = f"evidence could not be gathered: {err}"
+    return RunRecord(
+        method, seed, request.goal, status, error=error, metrics=metrics, result=result.to_dict(), evidence=gathered
+    )
