@@ -171,3 +171,44 @@ def test_membership_attacks_report_their_call_on_each_target(trained_cnn: SmallC
         calls = result.target_is_member
         assert len(calls) == result.n_targets == len(splits["test"][1])
         assert result.predicted_member == pytest.approx(100.0 * sum(calls) / len(calls))
+
+
+# -- receipts --------------------------------------------------------------------------------------
+
+
+def test_a_receipt_names_content_models_and_verdict(trained_cnn: SmallCNN, splits: dict, tmp_path: Path) -> None:
+    import json
+
+    from unlearnkit.receipt import receipt_sha256
+    from unlearnkit.request import instance_sha256
+
+    x, y = splits["forget"]
+    result = unlearnkit.unlearn(trained_cnn, (x, y), method="neggrad", lr=0.05, ids=["u1", "u2", "u3", "u4"], seed=3)
+    evidence = _evidence(trained_cnn, result.model, splits, [o.goal_met for o in result.outcomes], retrained=trained_cnn)
+    receipt = unlearnkit.build_receipt(result, request_id="REQ-1", evidence=evidence)
+    instances = receipt["request"]["instances"]
+    assert [i["id"] for i in instances] == ["u1", "u2", "u3", "u4"]
+    assert [i["content_sha256"] for i in instances] == [instance_sha256(x[i], int(y[i])) for i in range(4)]
+    assert instance_sha256(x[0].double(), int(y[0])) == instances[0]["content_sha256"]  # dtype-independent
+    assert receipt["model"] == {"sha256_before": result.model_sha256_before, "sha256_after": result.model_sha256_after}
+    assert receipt["method"] == "neggrad" and receipt["seed"] == 3 and receipt["hyperparams"] == result.hyperparams
+    assert receipt["metrics"]["mia_efficacy"] == evidence["mia_efficacy"]
+    assert receipt["verdict"] == evidence["verdict"] and "thresholds" in receipt["verdict"]
+    assert {"torch", "unlearnkit"} <= set(receipt["versions"])
+    path = unlearnkit.write_receipt(receipt, tmp_path / "r" / "receipt.json")
+    loaded = json.loads(path.read_text())
+    assert loaded["receipt_sha256"] == receipt_sha256(loaded)  # survives the round trip
+    tampered = dict(loaded, seed=4)
+    assert receipt_sha256(tampered) != tampered["receipt_sha256"]
+    with pytest.raises(ValueError, match="does not match its content"):
+        unlearnkit.write_receipt(tampered, tmp_path / "tampered.json")
+    assert not (tmp_path / "tampered.json").exists()
+
+
+def test_a_receipt_without_evidence_says_what_was_not_measured(trained_cnn: SmallCNN, splits: dict) -> None:
+    result = unlearnkit.unlearn(trained_cnn, splits["forget"], method="neggrad", lr=1e-6, max_steps=2)
+    receipt = unlearnkit.build_receipt(result)
+    assert not receipt["verdict"]["passed"]
+    assert receipt["verdict"]["checks"][0]["value"] == 0.0
+    assert "not measured" in receipt["verdict"]["note"]
+    assert receipt["run"]["converged"] is False and receipt["run"]["stop_reason"] == "max_steps"

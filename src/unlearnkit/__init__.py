@@ -21,8 +21,10 @@ from unlearnkit.errors import (
     UnlearnkitError,
 )
 from unlearnkit.methods import UnlearningMethod, create_method, list_methods, register_method
+from unlearnkit.receipt import build_receipt, write_receipt
 from unlearnkit.request import ForgetRequest
 from unlearnkit.result import InstanceOutcome, UnlearnResult
+from unlearnkit.scenarios.evidence import VerdictThresholds, gather_evidence, model_figures
 from unlearnkit.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
@@ -40,11 +42,16 @@ __all__ = [
     "UnlearnResult",
     "UnlearningMethod",
     "UnlearnkitError",
+    "VerdictThresholds",
+    "build_receipt",
     "create_method",
     "evaluate",
+    "gather_evidence",
     "list_methods",
+    "model_figures",
     "register_method",
     "tune",
     "TuneResult",
     "unlearn",
+    "write_receipt",
 ]

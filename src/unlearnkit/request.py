@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from unlearnkit.errors import InvalidRequestError
+from unlearnkit.utils.hashing import tensor_sha256
 
 Goal = Literal["misclassify", "relabel", "unseen"]
 GOALS: tuple[str, ...] = ("misclassify", "relabel", "unseen")
@@ -49,6 +50,19 @@ def _as_label_tensor(labels: ArrayLike, what: str) -> Tensor:
     elif tensor.dtype == torch.bool or tensor.is_complex():
         raise InvalidRequestError(f"{what} must be integer class indices, got dtype {tensor.dtype}")
     return tensor.long()
+
+
+def instance_sha256(inputs: Tensor, label: int) -> str:
+    """sha256 naming one forget instance's content: its input's values as float32, flattened,
+    followed by its label. The same input and label give the same hash whatever dtype or device
+    the model ran in.
+
+    Example:
+        >>> a = instance_sha256(torch.zeros(1, 2, 2), 3)
+        >>> a == instance_sha256(torch.zeros(1, 2, 2, dtype=torch.float64), 3), a == instance_sha256(torch.zeros(1, 2, 2), 4)
+        (True, False)
+    """
+    return tensor_sha256(torch.cat([inputs.detach().to("cpu", torch.float32).reshape(-1), torch.tensor([float(label)])]))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch import nn
 from unlearnkit.request import Goal, InstanceId
 
 #: Version of the JSON layout written by :meth:`UnlearnResult.to_dict`.
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class InstanceOutcome:
         loss_before: Cross-entropy on the training label under the original model.
         loss_after: The same under the unlearned model.
         loss_target: The ``unseen`` goal's target loss, else ``None``.
+        content_sha256: sha256 of the instance's input as float32 and its label
+            (:func:`~unlearnkit.request.instance_sha256`): what a receipt names, so that an
+            auditor can check which content was forgotten without storing it.
     """
 
     id: InstanceId
@@ -45,6 +48,7 @@ class InstanceOutcome:
     loss_before: float = float("nan")
     loss_after: float = float("nan")
     loss_target: float | None = None
+    content_sha256: str = ""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from unlearnkit.errors import (
     InvalidRequestError,
     NonFiniteError,
 )
-from unlearnkit.request import ForgetRequest
+from unlearnkit.request import ForgetRequest, instance_sha256
 from unlearnkit.result import InstanceOutcome, UnlearnResult
 from unlearnkit.utils.hashing import state_dict_sha256
 from unlearnkit.utils.modules import check_finite_parameters, model_dtype, predict_logits, resolve_device
@@ -380,6 +380,7 @@ def _instance_outcomes(
             loss_before=float(loss_before[i]),
             loss_after=float(loss_after[i]),
             loss_target=targets[i],
+            content_sha256=instance_sha256(request.inputs[i], int(request.labels[i])),
         )
         for i in range(len(request))
     ]
