@@ -78,6 +78,8 @@ def test_demo_writes_table_and_json(tmp_path: Path) -> None:
             assert all(a != b for a, b in zip(request["labels"], request["new_labels"]))
     assert len(report["model"]["sha256"]) == 64
     assert not list(output.parent.glob(".*.tmp")), "temporary file left behind"
+    page = output.with_suffix(".html").read_text()  # the demo writes its HTML report too
+    assert "neggrad" in page and "l2ul" in page and "https://" not in page
 
 
 def test_demo_same_seed_same_results(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from unlearnkit import __version__
 from unlearnkit.demo import DEFAULT_DEMO_METHODS, demo_tables, run_demo
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.registry import list_methods, method_class
+from unlearnkit.report.html import ResultsFormatError, load_results, write_report
 from unlearnkit.report.table import format_table
 from unlearnkit.utils.io import write_json_atomic
 
@@ -117,10 +118,14 @@ def methods() -> None:
     help="Gather the evidence of every run: membership attacks, gap to a model retrained without the "
     "forget set (trained once per request, cached), CKA, k-NN, collateral damage, relearn steps, verdict.",
 )
+@click.option(
+    "--report/--no-report", "html_report", default=True, show_default=True,
+    help="Also write the HTML report next to the results JSON (same name, .html).",
+)
 def demo(
     dataset: str,
     k: int, seeds: str, mode: str, method_spec: str, settings: tuple[str, ...], output: Path,
-    cache_dir: Path | None, progress: bool | None, evidence: bool,
+    cache_dir: Path | None, progress: bool | None, evidence: bool, html_report: bool,
 ) -> None:
     """Unlearn k random training instances from a pretrained CNN with each method.
 
@@ -142,13 +147,15 @@ def demo(
         )
         click.echo(demo_tables(report))
         write_json_atomic(output, report)
+        if html_report:
+            write_report(report, output.with_suffix(".html"))
     except UnlearnkitError as err:
         raise click.ClickException(str(err)) from err
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from err
     except OSError as err:
         raise click.ClickException(f"cannot write {output}: {err}") from err
-    click.echo(f"\nresults written to {output}")
+    click.echo(f"\nresults written to {output}" + (f", report to {output.with_suffix('.html')}" if html_report else ""))
 
 
 @main.command()
@@ -209,6 +216,38 @@ def tune(
     except OSError as err:
         raise click.ClickException(f"cannot write {output}: {err}") from err
     click.echo(f"trials written to {output}")
+
+
+@main.command()
+@click.argument("results", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Where to write the HTML report  [default: RESULTS with the suffix .html]",
+)
+@click.option("--title", default=None, help="Title of the page (default: names the data set and model).")
+def report(results: Path, output: Path | None, title: str | None) -> None:
+    """Write a self-contained HTML report comparing the methods of a demo results JSON.
+
+    The page opens offline (no external resource): a sortable table of every method with the
+    original and retrained models, a forgetting-versus-utility plot, per-class accuracy change,
+    per-instance cards and layer-wise weight change and CKA, per request and over seeds.
+    """
+
+    output = output if output is not None else results.with_suffix(".html")
+    # Checked here rather than by click.Path(exists=True) so that every problem with the input
+    # reads the same way: "Error: <what is wrong with which file>".
+    if not results.exists():
+        raise click.ClickException(f"results file {results} does not exist")
+    if output.resolve() == results.resolve():
+        raise click.ClickException(f"the output {output} would overwrite the results file")
+    try:
+        data = load_results(results)
+        write_report(data, output, title=title)
+    except ResultsFormatError as err:
+        raise click.ClickException(str(err)) from err
+    except OSError as err:
+        raise click.ClickException(f"cannot read {results} or write {output}: {err}") from err
+    click.echo(f"report written to {output}")
 
 
 if __name__ == "__main__":
