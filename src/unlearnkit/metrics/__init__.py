@@ -7,7 +7,8 @@
   :func:`forgetting_score`, :func:`challenge_score` (NeurIPS 2023 challenge);
 - representation: :func:`feature_layer`, :func:`extract_features`, :func:`linear_cka`,
   :func:`knn_accuracy`, :func:`representation_report`, :func:`weight_change_by_layer`;
-- collateral damage: :func:`collateral_damage`; relearn time: :func:`relearn_steps`.
+- collateral damage: :func:`collateral_damage`; relearn time: :func:`relearn_steps`;
+- per-example membership with shadow models (U-LiRA): :func:`shadow_confidences`, :func:`ulira_attack`.
 """
 
 from unlearnkit.metrics.accuracy import accuracy, evaluate
@@ -35,12 +36,15 @@ from unlearnkit.metrics.membership import (
 )
 from unlearnkit.metrics.relearn import RelearnResult, relearn_steps
 from unlearnkit.metrics.representation import knn_accuracy, linear_cka, representation_report, weight_change_by_layer
+from unlearnkit.metrics.ulira import ShadowConfidences, ULiRAResult, shadow_confidences, ulira_attack
 
 __all__ = [
     "AVERAGE_GAP_KEYS",
     "CollateralDamage",
     "MembershipAttackResult",
     "RelearnResult",
+    "ShadowConfidences",
+    "ULiRAResult",
     "accuracy",
     "average_gap",
     "challenge_score",
@@ -62,8 +66,10 @@ __all__ = [
     "per_example_epsilons",
     "relearn_steps",
     "representation_report",
+    "shadow_confidences",
     "softmax_entropy",
     "true_label_probability",
+    "ulira_attack",
     "unlearning_accuracy",
     "weight_change_by_layer",
 ]
