@@ -201,3 +201,38 @@ def test_demo_all_methods_hands_retain_data_and_skips_unsupported_goals(tmp_path
             if run_["result"] is not None:
                 expected = report["dataset"]["n_train"] - 3 if cls.data_access != "forget" else 0
                 assert run_["result"]["retain_used"] == expected
+
+
+def test_continual_prints_the_relapse_table_and_writes_json_and_report(tmp_path: Path) -> None:
+    output = tmp_path / "continual.json"
+    code, out = run(
+        "continual", "--requests", "3", "-k", "4", "--method", "neggrad", "--set", "lr=0.02", "--no-progress",
+        "-o", str(output),
+    )
+    assert code == 0, out
+    assert "D_f1" in out and "D_f3" in out and "relapsed" in out and str(output) in out
+    report = json.loads(output.read_text())
+    assert report["method"] == "neggrad" and len(report["requests"]) == 3 and len(report["steps"]) == 3
+    assert report["hyperparams"]["lr"] == 0.02 and report["dataset"] == "digits" and "versions" in report
+    assert [len(s["forget_accuracy"]) for s in report["steps"]] == [1, 2, 3]
+    page = output.with_suffix(".html").read_text()
+    assert "Relapse table" in page and "https://" not in page
+    again = tmp_path / "again.html"
+    code, out = run("report", str(output), "-o", str(again))  # the report command reads it too
+    assert code == 0, out
+    assert "Relapse table" in again.read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--requests", "200", "-k", "16"], "need 3200 distinct training rows"),
+        (["--method", "nope"], "unknown method"),
+        (["--method", "neggrad", "--set", "n_adv=2"], "n_adv"),
+    ],
+)
+def test_continual_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    output = tmp_path / "c.json"
+    code, out = run("continual", *args, "-o", str(output))
+    assert code != 0 and message in out
+    assert not output.exists()

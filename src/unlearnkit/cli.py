@@ -13,9 +13,13 @@ from unlearnkit import __version__
 from unlearnkit.demo import DEFAULT_DEMO_METHODS, demo_tables, run_demo
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.registry import list_methods, method_class
+from unlearnkit.report.continual_html import write_continual_report
 from unlearnkit.report.html import ResultsFormatError, load_results, write_report
+from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
+from unlearnkit.scenarios.continual import draw_sequence, relapse_table, run_sequence
 from unlearnkit.utils.io import write_json_atomic
+from unlearnkit.utils.versions import environment_versions
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -219,6 +223,67 @@ def tune(
 
 
 @main.command()
+@click.option("--dataset", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True)
+@click.option("--requests", "n_requests", default=8, show_default=True, type=click.IntRange(min=1), help="Requests in the sequence.")
+@click.option("-k", "--k", "k", default=16, show_default=True, type=click.IntRange(min=1), help="Instances per request.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the draw (request j runs with seed + j).")
+@click.option("--mode", type=click.Choice(["misclassify", "relabel"]), default="misclassify", show_default=True)
+@click.option("--method", default="l2ul", show_default=True, help="Method applied to every request.")
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="Override a hyperparameter (repeatable).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("unlearnkit-continual.json"),
+    show_default=True, help="Where to write the results JSON.",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Model cache directory.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+def continual(
+    dataset: str, n_requests: int, k: int, seed: int, mode: str, method: str, settings: tuple[str, ...],
+    output: Path, cache_dir: Path | None, progress: bool | None,
+) -> None:
+    """Apply a sequence of deletion requests one after another to the pretrained model.
+
+    Prints the relapse table (every earlier request's Acc(D_f) after each later one, and which
+    earlier requests relapsed), the drift of retain and test accuracy and the cost per request,
+    and writes every figure to the results JSON.
+    """
+    if method not in list_methods():
+        raise click.BadParameter(f"unknown method {method!r}; known: {list_methods()}", param_hint="--method")
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        hyperparams = parse_settings(settings, [method]).get(method, {})
+        default = load_pretrained(dataset, directory=cache_dir, progress=show)
+        if n_requests * k > len(default.data.y_train):
+            raise click.BadParameter(
+                f"{n_requests} requests of {k} need {n_requests * k} distinct training rows; the data set has "
+                f"{len(default.data.y_train)}", param_hint="--requests/-k",
+            )
+        sequence = draw_sequence(default.data, n_requests, k, seed, relabel=mode == "relabel")
+        report = run_sequence(default.model, sequence, method, data=default.data, hyperparams=hyperparams, seed=seed, progress=show)
+        report.update({
+            "dataset": default.data.name, "model_sha256": default.sha256, "mode": mode, "k": k,
+            "versions": environment_versions(),
+        })
+        headers, rows = relapse_table(report)
+        original = report["original"]
+        click.echo(
+            f"{method} on {dataset}, {n_requests} requests of {k} ({mode}); original Acc(D_train) "
+            f"{original['retain_accuracy']:.1f} %, Acc(D_test) {original['test_accuracy']:.1f} %\n"
+            "Acc(D_f) of every request so far after each request (percent); relapsed = earlier requests "
+            "whose goal held once and no longer does\n"
+        )
+        click.echo(format_table(headers, rows))
+        write_json_atomic(output, report)
+        write_continual_report(report, output.with_suffix(".html"))
+    except UnlearnkitError as err:
+        raise click.ClickException(str(err)) from err
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    except OSError as err:
+        raise click.ClickException(f"cannot write {output}: {err}") from err
+    click.echo(f"\nresults written to {output}, report to {output.with_suffix('.html')}")
+
+
+@main.command()
 @click.argument("results", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -242,7 +307,10 @@ def report(results: Path, output: Path | None, title: str | None) -> None:
         raise click.ClickException(f"the output {output} would overwrite the results file")
     try:
         data = load_results(results)
-        write_report(data, output, title=title)
+        if "runs" not in data:  # load_results passed it: a continual run (`unlearnkit continual`)
+            write_continual_report(data, output, title=title)
+        else:
+            write_report(data, output, title=title)
     except ResultsFormatError as err:
         raise click.ClickException(str(err)) from err
     except OSError as err:

@@ -1166,7 +1166,8 @@ def write_report(results: Mapping[str, Any], path: str | Path, *, title: str | N
 
 
 def load_results(path: str | Path) -> Mapping[str, Any]:
-    """Reads a results JSON file and checks that it holds runs.
+    """Reads a results JSON file and checks that it holds runs (a continual run's file, with
+    ``steps`` instead, is returned as it is).
 
     Raises:
         FileNotFoundError: If the file does not exist.
@@ -1179,6 +1180,8 @@ def load_results(path: str | Path) -> Mapping[str, Any]:
         raise ResultsFormatError(f"{path} is not valid JSON: {err}") from err
     except UnicodeDecodeError as err:
         raise ResultsFormatError(f"{path} is not a text (UTF-8) JSON file: {err}") from err
+    if isinstance(data, Mapping) and "steps" in data and "method" in data and "runs" not in data:
+        return data  # a continual run (``unlearnkit continual``); its own report checks it
     try:
         validate_results(data)
     except ResultsFormatError as err:
