@@ -45,3 +45,21 @@ class NonFiniteError(UnlearnkitError, RuntimeError):
 
 class CheckpointError(UnlearnkitError, ValueError):
     """A checkpoint file is missing, corrupt, or does not match the model it is loaded into."""
+
+
+class LedgerError(UnlearnkitError, RuntimeError):
+    """The ledger of deletion requests refused an operation or cannot be used.
+
+    Raised for a missing or corrupt ledger, a request the ledger refuses (empty, duplicate ids,
+    ids already requested, a duplicate request id, a request in the wrong state) and a commit
+    that could not be completed; a refused or failed operation leaves the ledger and its model
+    files unchanged.
+    """
+
+
+class LedgerBusyError(LedgerError):
+    """Another process holds the workspace's writer lock (it is applying requests)."""
+
+
+class LedgerVersionError(LedgerError):
+    """The ledger was written by a newer unlearnkit (its schema version is newer than this code's)."""
