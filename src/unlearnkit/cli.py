@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from unlearnkit import __version__
+from unlearnkit.bench import grid, markdown_table, read_grid, run_grid, summarise_grid
 from unlearnkit.demo import DEFAULT_DEMO_METHODS, demo_tables, run_demo
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.registry import list_methods, method_class
@@ -18,7 +21,7 @@ from unlearnkit.report.html import ResultsFormatError, load_results, write_repor
 from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
 from unlearnkit.scenarios.continual import draw_sequence, relapse_table, run_sequence
-from unlearnkit.utils.io import write_json_atomic
+from unlearnkit.utils.io import write_atomic, write_json_atomic
 from unlearnkit.utils.versions import environment_versions
 
 
@@ -44,6 +47,22 @@ def parse_seeds(spec: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise click.BadParameter(f"{spec!r} must name distinct non-negative seeds")
     return seeds
+
+
+@contextlib.contextmanager
+def cli_errors(output: Path, *, values: bool = False) -> Iterator[None]:
+    """Turns the library's errors into one-line CLI errors (exit code 1): unlearnkit's own,
+    a missing input file, ``ValueError`` when ``values`` (bad data met while running), and any
+    other ``OSError`` as a failure to write ``output``."""
+    caught: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError) if values else (FileNotFoundError,)
+    try:
+        yield
+    except UnlearnkitError as err:
+        raise click.ClickException(str(err)) from err
+    except caught as err:
+        raise click.ClickException(str(err)) from err
+    except OSError as err:
+        raise click.ClickException(f"cannot write {output}: {err}") from err
 
 
 def parse_settings(settings: tuple[str, ...], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -143,7 +162,7 @@ def demo(
         raise click.BadParameter(f"unknown method(s) {unknown}; known: {list_methods()}", param_hint="--methods")
     goals = {"both": ["misclassify", "relabel"], "all": ["misclassify", "relabel", "unseen"]}.get(mode, [mode])
     show = sys.stderr.isatty() if progress is None else progress
-    try:
+    with cli_errors(output):
         report = run_demo(
             dataset=dataset, k=k, seeds=parse_seeds(seeds), goals=goals, methods=chosen,  # type: ignore[arg-type]
             hyperparams=parse_settings(settings, chosen), cache_directory=cache_dir, progress=show,
@@ -153,12 +172,6 @@ def demo(
         write_json_atomic(output, report)
         if html_report:
             write_report(report, output.with_suffix(".html"))
-    except UnlearnkitError as err:
-        raise click.ClickException(str(err)) from err
-    except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from err
-    except OSError as err:
-        raise click.ClickException(f"cannot write {output}: {err}") from err
     click.echo(f"\nresults written to {output}" + (f", report to {output.with_suffix('.html')}" if html_report else ""))
 
 
@@ -249,7 +262,7 @@ def continual(
     if method not in list_methods():
         raise click.BadParameter(f"unknown method {method!r}; known: {list_methods()}", param_hint="--method")
     show = sys.stderr.isatty() if progress is None else progress
-    try:
+    with cli_errors(output, values=True):
         hyperparams = parse_settings(settings, [method]).get(method, {})
         default = load_pretrained(dataset, directory=cache_dir, progress=show)
         if n_requests * k > len(default.data.y_train):
@@ -274,13 +287,66 @@ def continual(
         click.echo(format_table(headers, rows))
         write_json_atomic(output, report)
         write_continual_report(report, output.with_suffix(".html"))
-    except UnlearnkitError as err:
-        raise click.ClickException(str(err)) from err
-    except (FileNotFoundError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
-    except OSError as err:
-        raise click.ClickException(f"cannot write {output}: {err}") from err
     click.echo(f"\nresults written to {output}, report to {output.with_suffix('.html')}")
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=what) from None
+    if not values or any(v < 1 for v in values):
+        raise click.BadParameter(f"{text!r}: give one or more integers >= 1", param_hint=what)
+    return values
+
+
+@main.command()
+@click.option("--datasets", default="digits", show_default=True, help="Comma-separated: digits, mnist.")
+@click.option("--methods", "method_spec", default=",".join(DEFAULT_DEMO_METHODS), show_default=True, help="Comma-separated method names, or 'all'.")
+@click.option("-k", "--k", "ks", default="16", show_default=True, help="Comma-separated forget-set sizes, e.g. 1,16,64,128.")
+@click.option("--modes", default="misclassify", show_default=True, help="Comma-separated: misclassify, relabel, unseen.")
+@click.option("--seeds", default="0", show_default=True, help="Seeds: 0, 0-2 or 0,2,5.")
+@click.option("--set", "settings", multiple=True, metavar="[METHOD.]NAME=VALUE", help="Override a hyperparameter (repeatable).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("unlearnkit-bench.jsonl"), show_default=True, help="The JSONL file; a rerun skips the cells already in it.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the summary tables as Markdown.")
+@click.option("--evidence/--no-evidence", default=True, show_default=True, help="Gather MIA, gap to retrain and the rest per run.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Model cache directory.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+def bench(
+    datasets: str, method_spec: str, ks: str, modes: str, seeds: str, settings: tuple[str, ...], output: Path,
+    markdown: Path | None, evidence: bool, cache_dir: Path | None, progress: bool | None,
+) -> None:
+    """Run a benchmark grid (data set x method x k x mode x seed), one JSONL line per run.
+
+    Resumable: a rerun with the same output skips every cell already written. Prints means and
+    standard deviations over seeds and, with --markdown, writes them as Markdown tables.
+    """
+    chosen = list_methods() if method_spec.strip() == "all" else [m.strip() for m in method_spec.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in list_methods()]
+    if unknown or not chosen:
+        raise click.BadParameter(f"unknown method(s) {unknown}; known: {list_methods()}", param_hint="--methods")
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    bad = [d for d in names if d not in ("digits", "mnist")]
+    if bad or not names:
+        raise click.BadParameter(f"unknown data set(s) {bad}; known: digits, mnist", param_hint="--datasets")
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    bad = [m for m in mode_list if m not in ("misclassify", "relabel", "unseen")]
+    if bad or not mode_list:
+        raise click.BadParameter(f"unknown mode(s) {bad}; known: misclassify, relabel, unseen", param_hint="--modes")
+    cells = grid(names, chosen, _int_list(ks, "-k"), mode_list, parse_seeds(seeds))
+    show = sys.stderr.isatty() if progress is None else progress
+    with cli_errors(output, values=True):
+        counts = run_grid(
+            cells, output, hyperparams=parse_settings(settings, chosen), evidence=evidence,
+            cache_directory=cache_dir, progress=show,
+        )
+        keys = {c.key for c in cells}
+        records = [r for r in read_grid(output) if json.dumps(r["cell"], sort_keys=True) in keys]
+        table = markdown_table(summarise_grid(records))
+        click.echo(table)
+        if markdown is not None:
+            write_atomic(markdown, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
+    click.echo(f"{counts['run']} run(s), {counts['skipped']} already in {output}")
 
 
 @main.command()

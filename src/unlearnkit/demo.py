@@ -121,7 +121,7 @@ def run_demo(
         }
         gather = None
         if evidence:
-            gather, entry["retrained"], entry["per_class_test_original"] = _evidence_for_request(
+            gather, entry["retrained"], entry["per_class_test_original"] = evidence_for_request(
                 model, data, request, splits, dataset, cache_directory, seed, progress
             )
         requests.append(entry)
@@ -160,7 +160,7 @@ def run_demo(
     }
 
 
-def _evidence_for_request(
+def evidence_for_request(
     model: torch.nn.Module,
     data: DataSplit,
     request: ForgetRequest,
@@ -171,7 +171,19 @@ def _evidence_for_request(
     progress: bool,
 ) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], list[float | None]]:
     """The retrained reference of ``request`` (cached), its figures, the original model's
-    per-class test accuracy, and a function gathering the evidence of one run."""
+    per-class test accuracy, and a function gathering the evidence of one run (for
+    :func:`~unlearnkit.scenarios.single.run_request`'s ``evidence``).
+
+    Args:
+        model: The original model.
+        data: Its data split; ``request.ids`` are training-set indices.
+        request: The forget request.
+        splits: ``retain`` and ``test`` data.
+        dataset: Name of the pretrained spec (for the retrained reference).
+        cache_directory: Model cache.
+        seed: Seed of the attacks and relearn runs.
+        progress: Show progress bars.
+    """
     forget = (request.inputs, request.labels)
     retain, test = splits["retain"], splits["test"]
     reference = load_retrained(dataset, request.ids, directory=cache_directory, progress=progress)
