@@ -384,5 +384,11 @@ def report(results: Path, output: Path | None, title: str | None) -> None:
     click.echo(f"report written to {output}")
 
 
+# init, request, apply, status, verify, export: a user's own model in a workspace (cli_workspace.py).
+from unlearnkit.cli_workspace import register_workspace_commands  # noqa: E402  (last: it imports from here)
+
+register_workspace_commands(main)
+
+
 if __name__ == "__main__":
     main()

@@ -3,7 +3,6 @@ the original model."""
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 from typing import Any, ClassVar
 
@@ -28,7 +27,7 @@ from unlearnkit.methods.base import (
 from unlearnkit.methods.registry import register_method
 from unlearnkit.methods.retrain import reset_all_parameters
 from unlearnkit.methods.scrub import frozen_copy
-from unlearnkit.utils.modules import model_device
+from unlearnkit.utils.modules import copy_model, model_device
 
 BAD_TEACHER_PRESETS: dict[str, dict[str, Any]] = {
     # The released recipe is one epoch at Adam 1e-4 in batches of 256: on a small forget set
@@ -58,7 +57,7 @@ def incompetent_teacher(model: nn.Module, seed: int) -> nn.Module:
         (True, False, False)
     """
     device = model_device(model)
-    teacher = copy.deepcopy(model).cpu()
+    teacher = copy_model(model).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

@@ -10,7 +10,6 @@ times the run, checks the result for NaN and infinity, and builds the
 from __future__ import annotations
 
 import abc
-import copy
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from unlearnkit.errors import (
 from unlearnkit.request import ForgetRequest, instance_sha256
 from unlearnkit.result import InstanceOutcome, UnlearnResult
 from unlearnkit.utils.hashing import state_dict_sha256
-from unlearnkit.utils.modules import check_finite_parameters, model_dtype, predict_logits, resolve_device
+from unlearnkit.utils.modules import check_finite_parameters, copy_model, model_dtype, predict_logits, resolve_device
 from unlearnkit.utils.versions import environment_versions
 
 DataAccess = Literal["forget", "forget+retain", "forget+optional-retain"]
@@ -245,7 +244,7 @@ class UnlearningMethod(abc.ABC):
         check_finite_parameters(model, "the model to unlearn")
         device = resolve_device(device, model)
         modes = [m.training for m in model.modules()]
-        working = model if inplace else copy.deepcopy(model)
+        working = model if inplace else copy_model(model)
         working.to(device)
         # Inputs follow the model's floating dtype (NumPy hands out float64 by default).
         request = request.to(device, dtype=model_dtype(working))

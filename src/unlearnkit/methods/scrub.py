@@ -3,7 +3,6 @@ the retain data."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from functools import partial
 
@@ -25,6 +24,7 @@ from unlearnkit.methods.base import (
     check_positive,
 )
 from unlearnkit.methods.registry import register_method
+from unlearnkit.utils.modules import copy_model
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -35,7 +35,7 @@ def frozen_copy(model: nn.Module) -> nn.Module:
         >>> teacher.training, any(p.requires_grad for p in teacher.parameters())
         (False, False)
     """
-    teacher = copy.deepcopy(model).eval()
+    teacher = copy_model(model).eval()
     teacher.requires_grad_(False)
     return teacher
 

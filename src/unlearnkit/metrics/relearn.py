@@ -6,7 +6,6 @@ model that only hid the data (e.g. by moving its last layer) snaps back within a
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from unlearnkit.components.batching import cycled_batches
 from unlearnkit.components.loop import take_step
 from unlearnkit.metrics.accuracy import accuracy
-from unlearnkit.utils.modules import model_dtype, predict_logits, resolve_device, train_with_frozen_batchnorm
+from unlearnkit.utils.modules import copy_model, model_dtype, predict_logits, resolve_device, train_with_frozen_batchnorm
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def relearn_steps(
     max_steps = _positive_int(max_steps, "max_steps", 0)
     seed = _positive_int(seed, "seed", 0)
 
-    working = copy.deepcopy(model)
+    working = copy_model(model)
     device = resolve_device(device, working)
     working.to(device)
     inputs, labels = inputs.to(device=device, dtype=model_dtype(working)), labels.to(device).long()

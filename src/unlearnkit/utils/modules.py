@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -72,6 +73,26 @@ def check_finite_parameters(model: nn.Module, what: str = "model") -> None:
     ]
     if bad:
         raise InvalidModelError(f"{what} has NaN or infinite values in {len(bad)} tensor(s): {bad[:5]}")
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters are trainable leaves, like the original's.
+
+    ``copy.deepcopy`` of a TorchScript module (torch 2.13) hands back parameters that are not
+    leaf tensors, which every optimiser refuses ("can't optimize a non-leaf Tensor"); they are
+    detached in place here, keeping their ``requires_grad``.
+
+    Example:
+        >>> scripted = torch.jit.script(nn.Linear(2, 2))
+        >>> all(p.is_leaf for p in copy_model(scripted).parameters())
+        True
+    """
+    copied = copy.deepcopy(model)
+    for p in copied.parameters():
+        if not p.is_leaf:
+            flag = p.requires_grad
+            p.detach_().requires_grad_(flag)
+    return copied
 
 
 def clone_parameters(model: nn.Module) -> dict[str, Tensor]:
