@@ -54,15 +54,21 @@ class VerdictThresholds:
     logit_only_ua: float = 50.0
 
 
-def model_figures(model: nn.Module, forget: Split, retain: Split, test: Split, *, num_classes: int, seed: int = 0) -> dict[str, Any]:
+def model_figures(
+    model: nn.Module, forget: Split, retain: Split, test: Split, *, num_classes: int, seed: int = 0,
+    attack_samples: int | None = 2000,
+) -> dict[str, Any]:
     """Accuracies, membership attacks and per-class test accuracy of one model on one request:
     what is measured the same way for the original, the retrained reference and an unlearned
-    model.
+    model. The attacks train on at most ``attack_samples`` member and as many non-member rows
+    (seeded subsample; ``None``: all, as SalUn does): an RBF SVC grows with the square of its
+    training set, and on MNIST's 10,000 test rows it would dominate a benchmark's time.
 
     Returns:
         ``acc/forget``, ``acc/retain``, ``acc/test`` (percent), ``ua`` (100 - Acc(D_f)),
         ``mia_efficacy`` (percent of D_f an SVC on p_y calls non-member; SalUn),
         ``entropy_mia`` (percent of D_f a logistic regression on entropy calls member; SSD),
+        ``mia_calls`` (the SVC's member call on each forget instance),
         ``mia_attack_accuracy`` (balanced accuracy of the SVC on retain vs test: near 50, the
         population attack tells nothing), ``loss_auc`` (AUC of D_f vs D_test by loss, lower
         loss = member; 0.5 = indistinguishable) and ``per_class_test`` (percent, one per class;
@@ -70,10 +76,11 @@ def model_figures(model: nn.Module, forget: Split, retain: Split, test: Split, *
     """
     figures: dict[str, Any] = evaluate(model, {"forget": forget, "retain": retain, "test": test})
     figures["ua"] = 100.0 - figures["acc/forget"]
-    svc = mia_efficacy(model, retain, test, forget, seed=seed)
+    svc = mia_efficacy(model, retain, test, forget, seed=seed, max_samples=attack_samples)
     figures["mia_efficacy"] = svc.score
+    figures["mia_calls"] = list(svc.target_is_member)
     figures["mia_attack_accuracy"] = svc.attack_accuracy
-    figures["entropy_mia"] = entropy_mia(model, retain, test, forget, seed=seed).score
+    figures["entropy_mia"] = entropy_mia(model, retain, test, forget, seed=seed, max_samples=attack_samples).score
     figures["loss_auc"] = loss_threshold_auc(model, forget, test)
     x_test, y_test = test
     figures["per_class_test"] = [
@@ -118,6 +125,7 @@ def gather_evidence(
     seed: int = 0,
     relearn_max_steps: int = 1000,
     knn_index_size: int = 2000,
+    probe_size: int = 1000,
     thresholds: VerdictThresholds = VerdictThresholds(),
 ) -> dict[str, Any]:
     """Every figure of the evidence for one unlearned model, JSON-ready.
@@ -137,13 +145,14 @@ def gather_evidence(
         seed: Seed of the attacks and of the relearn run.
         relearn_max_steps: Cap of the relearn run.
         knn_index_size: Retain rows used as the k-NN index (the first ones).
+        probe_size: Test rows (the first ones) beside the forget set on which CKA is measured.
         thresholds: The verdict's thresholds.
 
     Returns:
         The ``evidence`` object of the results JSON (see the README): the figures of
         :func:`model_figures`, ``gap`` (SalUn's average gap to the retrained model and its four
-        terms, or ``None``), ``cka`` and ``cka_layers`` (linear CKA on the forget and test
-        inputs to the original and the retrained model), ``knn_forget``, ``weight_change``,
+        terms, or ``None``), ``cka`` and ``cka_layers`` (linear CKA on the forget inputs and up
+        to ``probe_size`` test inputs, to the original and the retrained model), ``knn_forget``, ``weight_change``,
         ``collateral``, ``relearn``, ``instances`` (per forget instance: the SVC's member call
         and ``p_y``), ``logit_only`` and ``verdict``.
     """
@@ -159,8 +168,10 @@ def gather_evidence(
     else:
         evidence["gap"] = None
 
-    # Representation: CKA layer by layer on the forget and test inputs.
-    probe = torch.cat([forget[0], test[0]])
+    # Representation: CKA layer by layer on the forget inputs and (the first ``probe_size`` of)
+    # the test inputs. Bounded because conv features are wide: 10,000 MNIST test rows would take
+    # about 1 GB per conv layer and model, and CKA's Gram matrices grow with the square of N.
+    probe = torch.cat([forget[0], test[0][:probe_size]])
     layers = representation_layers(unlearned)
     mine_feats = extract_layer_features(unlearned, probe, layers)
     original_feats = extract_layer_features(original, probe, layers)
@@ -201,7 +212,7 @@ def gather_evidence(
         # A model with huge (finite) weights can overflow under plain SGD: say so, don't guess.
         evidence["relearn"] = {"steps": None, "reached": False, "max_steps": relearn_max_steps, "error": str(err)}
 
-    svc_calls = mia_efficacy(unlearned, retain, test, forget, seed=seed).target_is_member
+    svc_calls = figures["mia_calls"]
     p_y = true_label_probability(unlearned, forget[0], forget[1])
     evidence["instances"] = [
         {"id": ids[i], "predicted_member": svc_calls[i], "member_score": float(p_y[i])} for i in range(len(ids))
