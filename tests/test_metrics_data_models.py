@@ -457,19 +457,21 @@ def test_default_model_uses_the_cache_dir_from_the_environment(
 
 
 def test_pretrained_specs() -> None:
-    assert set(PRETRAINED) == {"digits", "mnist"}
+    assert set(PRETRAINED) == {"digits", "mnist", "cifar10", "cifar10-resnet18-full"}
     for name, spec in PRETRAINED.items():
         assert spec.name == name
-        assert spec.fingerprint().startswith(f"{name}-smallcnn-")
-    size = {"digits": 8, "mnist": 28}
+    shapes = {"digits": (1, 8), "mnist": (1, 28), "cifar10": (3, 32), "cifar10-resnet18-full": (3, 32)}
+    for name in ("digits", "mnist"):
+        assert PRETRAINED[name].fingerprint().startswith(f"{name}-smallcnn-")
     for name, spec in PRETRAINED.items():
+        channels, size = shapes[name]
         model = spec.build()
-        assert model(torch.rand(2, 1, size[name], size[name])).shape == (2, 10)
-    assert PRETRAINED["digits"].fingerprint() != PRETRAINED["mnist"].fingerprint()
+        assert model(torch.rand(2, channels, size, size)).shape == (2, 10)
+    assert len({spec.fingerprint() for spec in PRETRAINED.values()}) == len(PRETRAINED)
 
 
 def test_load_pretrained_unknown_name(tmp_path: Path) -> None:
-    message = r"unknown pretrained model 'cifar'; known: \['digits', 'mnist'\]"
+    message = r"unknown pretrained model 'cifar'; known: \['cifar10', 'cifar10-resnet18-full', 'digits', 'mnist'\]"
     with pytest.raises(KeyError, match=message):
         load_pretrained("cifar", directory=tmp_path)
     assert list(tmp_path.iterdir()) == []
