@@ -21,11 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from unlearnkit.errors import NonFiniteError
-from unlearnkit.metrics.accuracy import accuracy, evaluate
 from unlearnkit.metrics.collateral import collateral_damage
 from unlearnkit.metrics.features import extract_layer_features, feature_layer
 from unlearnkit.metrics.gap import AVERAGE_GAP_KEYS, average_gap
-from unlearnkit.metrics.membership import entropy_mia, loss_threshold_auc, mia_efficacy, true_label_probability
+from unlearnkit.metrics.membership import (
+    entropy_mia_from_scores,
+    loss_auc_from_losses,
+    membership_signals,
+    mia_efficacy_from_scores,
+    true_label_probability,
+)
 from unlearnkit.metrics.relearn import relearn_steps
 from unlearnkit.metrics.representation import knn_accuracy, linear_cka, weight_change_by_layer
 
@@ -74,17 +79,28 @@ def model_figures(
         loss = member; 0.5 = indistinguishable) and ``per_class_test`` (percent, one per class;
         ``None`` for a class without test instances).
     """
-    figures: dict[str, Any] = evaluate(model, {"forget": forget, "retain": retain, "test": test})
+    # One forward pass per split; every figure below is read from its signals.
+    signals = {
+        name: membership_signals(model, x, y, name=name)
+        for name, (x, y) in (("forget", forget), ("retain", retain), ("test", test))
+    }
+    figures: dict[str, Any] = {f"acc/{name}": 100.0 * float(sig["correct"].mean()) for name, sig in signals.items()}
     figures["ua"] = 100.0 - figures["acc/forget"]
-    svc = mia_efficacy(model, retain, test, forget, seed=seed, max_samples=attack_samples)
+    svc = mia_efficacy_from_scores(
+        signals["retain"]["p_y"], signals["test"]["p_y"], signals["forget"]["p_y"], seed=seed, max_samples=attack_samples
+    )
     figures["mia_efficacy"] = svc.score
     figures["mia_calls"] = list(svc.target_is_member)
     figures["mia_attack_accuracy"] = svc.attack_accuracy
-    figures["entropy_mia"] = entropy_mia(model, retain, test, forget, seed=seed, max_samples=attack_samples).score
-    figures["loss_auc"] = loss_threshold_auc(model, forget, test)
-    x_test, y_test = test
+    figures["entropy_mia"] = entropy_mia_from_scores(
+        signals["retain"]["entropy"], signals["test"]["entropy"], signals["forget"]["entropy"],
+        seed=seed, max_samples=attack_samples,
+    ).score
+    figures["loss_auc"] = loss_auc_from_losses(signals["forget"]["loss"], signals["test"]["loss"])
+    test_labels = test[1].cpu().numpy()
+    correct = signals["test"]["correct"]
     figures["per_class_test"] = [
-        accuracy(model, x_test[y_test == c], y_test[y_test == c]) if bool((y_test == c).any()) else None
+        100.0 * float(correct[test_labels == c].mean()) if bool((test_labels == c).any()) else None
         for c in range(num_classes)
     ]
     return figures
