@@ -49,6 +49,10 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
+#: Data sets the demo, continual and bench commands take (keys of the pretrained specs).
+DATASETS = ["digits", "mnist", "cifar10"]
+
+
 @contextlib.contextmanager
 def cli_errors(output: Path, *, values: bool = False) -> Iterator[None]:
     """Turns the library's errors into one-line CLI errors (exit code 1): unlearnkit's own,
@@ -114,8 +118,9 @@ def methods() -> None:
 
 @main.command()
 @click.option(
-    "--dataset", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True,
-    help="digits is embedded; mnist reads mnist.npz from $UNLEARNKIT_DATA_DIR or ../shared/data.",
+    "--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
+    help="digits is embedded; mnist and cifar10 read mnist.npz / cifar10-jpg.tar.gz from $UNLEARNKIT_DATA_DIR "
+    "or ../shared/data (their models train once: about 70 s for MNIST, 15-20 min for the narrow CIFAR ResNet-18).",
 )
 @click.option("-k", "--k", "k", default=16, show_default=True, type=click.IntRange(min=1), help="Forget instances per request.")
 @click.option("--seed", "--seeds", "seeds", default="0", show_default=True, help="Seed(s): 0, 0-4 or 0,2,5; one request per seed.")
@@ -176,7 +181,7 @@ def demo(
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True)
 @click.option("-k", "--k", "k", default=16, show_default=True, type=click.IntRange(min=1), help="Forget instances.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the request, sampler and runs.")
 @click.option("--mode", type=click.Choice(["misclassify", "relabel", "unseen"]), default="misclassify", show_default=True)
@@ -236,7 +241,7 @@ def tune(
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True)
 @click.option("--requests", "n_requests", default=8, show_default=True, type=click.IntRange(min=1), help="Requests in the sequence.")
 @click.option("-k", "--k", "k", default=16, show_default=True, type=click.IntRange(min=1), help="Instances per request.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the draw (request j runs with seed + j).")
@@ -301,7 +306,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 @main.command()
-@click.option("--datasets", default="digits", show_default=True, help="Comma-separated: digits, mnist.")
+@click.option("--datasets", default="digits", show_default=True, help="Comma-separated: digits, mnist, cifar10.")
 @click.option("--methods", "method_spec", default=",".join(DEFAULT_DEMO_METHODS), show_default=True, help="Comma-separated method names, or 'all'.")
 @click.option("-k", "--k", "ks", default="16", show_default=True, help="Comma-separated forget-set sizes, e.g. 1,16,64,128.")
 @click.option("--modes", default="misclassify", show_default=True, help="Comma-separated: misclassify, relabel, unseen.")
@@ -326,9 +331,9 @@ def bench(
     if unknown or not chosen:
         raise click.BadParameter(f"unknown method(s) {unknown}; known: {list_methods()}", param_hint="--methods")
     names = [d.strip() for d in datasets.split(",") if d.strip()]
-    bad = [d for d in names if d not in ("digits", "mnist")]
+    bad = [d for d in names if d not in DATASETS]
     if bad or not names:
-        raise click.BadParameter(f"unknown data set(s) {bad}; known: digits, mnist", param_hint="--datasets")
+        raise click.BadParameter(f"unknown data set(s) {bad}; known: {', '.join(DATASETS)}", param_hint="--datasets")
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     bad = [m for m in mode_list if m not in ("misclassify", "relabel", "unseen")]
     if bad or not mode_list:
