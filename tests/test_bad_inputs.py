@@ -12,13 +12,11 @@ workspace with one pending request are built once per module; each case works on
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,28 +32,14 @@ from unlearnkit.cli import main
 from unlearnkit.data import DataSplit
 from unlearnkit.errors import CheckpointError, LedgerError, LedgerVersionError
 from unlearnkit.ledger import Ledger, apply_pending, verify
-from unlearnkit.models import TrainRecipe, train_classifier
+from user_model import UserFiles, write_user_files
 from unlearnkit.request import instance_sha256
 from unlearnkit.sources import DataSourceError, load_model, model_builder, open_data_source
 from unlearnkit.utils.hashing import file_sha256
-from unlearnkit.utils.modules import predict_logits
 
 # torch >= 2.10 deprecates TorchScript; user models saved with it must still load.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
-USER_MODULE = '''
-from torch import nn
-
-
-class DigitsNet(nn.Module):
-    def __init__(self, hidden: int = 32, num_classes: int = 10):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, num_classes)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-'''
 
 FAST_SET = ["--set", "lr=0.05", "--set", "max_steps=300", "--method", "neggrad"]
 
@@ -103,20 +87,6 @@ def assert_unchanged(path: Path, before: dict[str, str] | None) -> None:
 # -- the user's files and a template workspace --------------------------------------------------
 
 
-@dataclass
-class UserFiles:
-    root: Path
-    code: Path
-    module: str
-    weights: Path
-    torchscript: Path
-    data: Path
-    model: nn.Module
-    correct: list[int]
-    labels: list[int]
-    template: Path = field(default=Path())  # a workspace with pending request req-0001 on correct[:2]
-
-
 def run(*args: object) -> tuple[int, str]:
     """Invokes the CLI in-process; returns the exit code and everything it printed."""
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -135,28 +105,8 @@ def init_args(user: UserFiles, ws: Path, *, model: Path | None = None, cls: str 
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory, digits: DataSplit) -> Iterator[UserFiles]:
-    root = tmp_path_factory.mktemp("bad-inputs-user")
-    code = root / "code"
-    code.mkdir()
-    module = f"digits_net_bad_{uuid.uuid4().hex[:10]}"
-    (code / f"{module}.py").write_text(USER_MODULE)
-    spec = importlib.util.spec_from_file_location(f"_train_{module}", code / f"{module}.py")
-    assert spec is not None and spec.loader is not None
-    private = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(private)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = private.DigitsNet()
-    train_classifier(model, digits.x_train, digits.y_train, TrainRecipe(epochs=10, lr=1e-2, seed=0))
-    save_file(model.state_dict(), str(root / "weights.safetensors"))
-    torch.jit.save(torch.jit.script(model), str(root / "model.pt"))
-    np.savez(root / "data.npz", x=digits.x_train.numpy(), y=digits.y_train.numpy())
-    preds = predict_logits(model, digits.x_train[:40]).argmax(1)
-    correct = [i for i in range(40) if int(preds[i]) == int(digits.y_train[i])]
-    files = UserFiles(
-        root, code, module, root / "weights.safetensors", root / "model.pt", root / "data.npz", model,
-        correct, digits.y_train.tolist(),
-    )
+    files = write_user_files(tmp_path_factory.mktemp("bad-inputs-user"), digits, prefix="digits_net_bad", rows=40)
+    module, root, correct = files.module, files.root, files.correct
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "path", list(sys.path))  # --python-path appends to it in this process
         files.template = root / "template-ws"

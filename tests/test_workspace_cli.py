@@ -8,27 +8,22 @@ TorchScript. Everything runs in-process through click's test runner; the bad inp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file
 
 from unlearnkit.cli import main
 from unlearnkit.cli_workspace import EXIT_APPLY_INCOMPLETE, EXIT_VERIFY_FAILED
 from unlearnkit.data import DataSplit
 from unlearnkit.ledger import Ledger
-from unlearnkit.models import TrainRecipe, train_classifier
+from user_model import UserFiles, write_user_files
 from unlearnkit.receipt import receipt_sha256
 from unlearnkit.request import instance_sha256
 from unlearnkit.utils.hashing import file_sha256
@@ -37,71 +32,20 @@ from unlearnkit.utils.modules import predict_logits
 # torch >= 2.10 deprecates TorchScript; user models saved with it must still load.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
-USER_MODULE = '''
-from torch import nn
-
-
-class DigitsNet(nn.Module):
-    """A user's own classifier of 8x8 digits."""
-
-    def __init__(self, hidden: int = 32, num_classes: int = 10):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, num_classes)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-'''
 
 #: l2ul settings under which a request of a few digits converges in a step or two.
 FAST_SET = ["--set", "lr=0.05", "--set", "n_adv=2", "--set", "pgd_steps=5", "--set", "max_steps=300"]
 
 
-@dataclass
-class UserFiles:
-    """What a user brings: code, weights, TorchScript archive and data, plus test facts."""
-
-    root: Path
-    code: Path
-    module: str
-    weights: Path
-    torchscript: Path
-    data: Path
-    model: nn.Module
-    correct: list[int]  # training rows the model classifies correctly (forgettable)
-    labels: list[int]  # every training label
-
-
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory, digits: DataSplit) -> Iterator[UserFiles]:
     """The user's files, written once per module; sys.path and sys.modules are restored after."""
-    root = tmp_path_factory.mktemp("user")
-    code = root / "code"
-    code.mkdir()
-    module = f"digits_net_{uuid.uuid4().hex[:10]}"  # unique: the CLI imports it into this process
-    (code / f"{module}.py").write_text(USER_MODULE)
-    # Train through a private copy of the module, so that the CLI's import by name (through
-    # --python-path) is the first one of `module`.
-    spec = importlib.util.spec_from_file_location(f"_train_{module}", code / f"{module}.py")
-    assert spec is not None and spec.loader is not None
-    private = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(private)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = private.DigitsNet()
-    train_classifier(model, digits.x_train, digits.y_train, TrainRecipe(epochs=10, lr=1e-2, seed=0))
-    save_file(model.state_dict(), str(root / "weights.safetensors"))
-    torch.jit.save(torch.jit.script(model), str(root / "model.pt"))
-    np.savez(root / "data.npz", x=digits.x_train.numpy(), y=digits.y_train.numpy())
-    preds = predict_logits(model, digits.x_train[:60]).argmax(1)
-    correct = [i for i in range(60) if int(preds[i]) == int(digits.y_train[i])]
-    assert len(correct) >= 12
+    files = write_user_files(tmp_path_factory.mktemp("user"), digits, prefix="digits_net", rows=60)
+    module = files.module
+    assert len(files.correct) >= 12
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "path", list(sys.path))
-        yield UserFiles(
-            root, code, module, root / "weights.safetensors", root / "model.pt", root / "data.npz", model,
-            correct, digits.y_train.tolist(),
-        )
+        yield files
     sys.modules.pop(module, None)
 
 
