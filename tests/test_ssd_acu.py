@@ -209,7 +209,7 @@ def test_ssd_lambda_above_alpha_can_select_without_dampening(
 
 def test_ssd_hyperparameter_checks() -> None:
     assert unlearnkit.create_method("ssd").get_params() == {
-        "selection_weight": 10.0, "dampening": 1.0, "importance_batch_size": 32,
+        "selection_weight": 10.0, "dampening": 1.0, "importance_batch_size": 32, "importance": "per_example",
     }
     with pytest.raises(InvalidHyperparameterError, match="selection_weight must be >= 0"):
         unlearnkit.create_method("ssd", selection_weight=-1.0)
@@ -340,3 +340,34 @@ def test_acu_named_head_and_head_without_bias(digits: DataSplit) -> None:
     assert torch.allclose(result.model[3].weight.detach().T.double(), expected, atol=1e-5)
     assert result.model[3].acu_memory.shape == (16, 16) and result.details["head"] == "3"
     assert torch.equal(result.model[1].weight, model[1].weight)
+
+
+def test_ssd_batch_importance_follows_the_released_code(digits, forget) -> None:
+    """``importance="batch"`` squares each mini-batch's mean gradient (the released
+    ``calc_importance``); with batches of 1 it is the per-example Fisher, and it selects at
+    least as many entries as the per-example one on the same data (batch gradients cancel)."""
+    import torch
+    import unlearnkit
+    from unlearnkit.components.importance import batch_fisher_importance, fisher_importance
+    from unlearnkit.models import SmallCNN, TrainRecipe, train_classifier
+
+    torch.manual_seed(0)
+    model = SmallCNN(1, 10, image_size=8)
+    train_classifier(model, digits.x_train, digits.y_train, TrainRecipe(epochs=2, seed=0))
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    full = batch_fisher_importance(model, x, y, batch_size=64)
+    for name, value in full.items():
+        grads = torch.autograd.grad(
+            torch.nn.functional.cross_entropy(model.eval()(x), y), dict(model.named_parameters())[name]
+        )[0]
+        assert torch.allclose(value, grads.square(), atol=1e-8)
+    ones = batch_fisher_importance(model, x[:8], y[:8], batch_size=1)
+    per = fisher_importance(model, x[:8], y[:8])
+    assert all(torch.allclose(ones[k], per[k], atol=1e-9) for k in per)
+    retain = (digits.x_train[100:400], digits.y_train[100:400])
+    batch = unlearnkit.unlearn(model, forget, method="ssd", retain=retain, importance="batch", importance_batch_size=64)
+    example = unlearnkit.unlearn(model, forget, method="ssd", retain=retain)
+    assert batch.hyperparams["importance"] == "batch"
+    assert batch.details["selected_entries"] != example.details["selected_entries"]
+    with pytest.raises(unlearnkit.InvalidHyperparameterError, match="importance must be one of"):
+        unlearnkit.create_method("ssd", importance="exact")

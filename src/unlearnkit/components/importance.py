@@ -108,6 +108,43 @@ def fisher_importance(
     return {name: total for (name, _), total in zip(named, totals)}
 
 
+def batch_fisher_importance(
+    model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: int = 64
+) -> dict[str, Tensor]:
+    """The mini-batch approximation of the diagonal Fisher that SSD's released code uses:
+    the gradient of each batch's mean cross-entropy, squared, averaged over the batches.
+
+    ``F_j = (1/B) sum_b (d mean_{i in b} CE(f(x_i), y_i) / d theta_j)^2`` over consecutive batches
+    of ``batch_size`` (the last may be short). Unlike :func:`fisher_importance` it shrinks as the
+    batches grow (gradients of different instances cancel before squaring) and depends on how the
+    data is batched. Model in eval mode; ``.grad`` fields untouched.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> x, y = torch.rand(4, 3), torch.tensor([0, 1, 1, 0])
+        >>> one = batch_fisher_importance(model, x, y, batch_size=1)
+        >>> all(torch.allclose(one[k], v) for k, v in fisher_importance(model, x, y).items())  # batches of 1: per-example
+        True
+    """
+    n = inputs.shape[0]
+    if n == 0:
+        raise ValueError("Fisher importance needs at least one input")
+    if labels.shape[0] != n:
+        raise ValueError(f"Fisher importance got {n} inputs but {labels.shape[0]} labels")
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    totals = [torch.zeros_like(p) for p in params]
+    batches = range(0, n, batch_size)
+    with eval_mode(model), torch.enable_grad():
+        for start in batches:
+            loss = F.cross_entropy(model(inputs[start : start + batch_size]), labels[start : start + batch_size].long())
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for total, grad in zip(totals, grads):
+                if grad is not None:
+                    total.add_(grad.square(), alpha=1.0 / len(batches))
+    return {name: total for (name, _), total in zip(named, totals)}
+
+
 def min_max_normalise(importance: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rescales each tensor to ``[0, 1]`` by its own minimum and maximum.
 

@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unlearnkit.components.importance import fisher_importance
+from unlearnkit.components.importance import batch_fisher_importance, fisher_importance
 from unlearnkit.methods.base import (
     MethodRun,
     UnlearnContext,
     UnlearningMethod,
+    check_choice,
     check_count,
     check_non_negative,
     check_positive,
@@ -101,7 +102,12 @@ class SSD(UnlearningMethod):
             selected at any finite ``alpha`` and set to 0; ``float("inf")`` selects nothing.
         dampening: ``lambda``, 1 (the paper's value): the factor is ``min(lambda * I_D / I_f, 1)``.
         importance_batch_size: Instances per forward pass of the importance computation, 32
-            (the gradients are still taken one instance at a time).
+            (with ``importance="per_example"`` the gradients are still taken one instance at a
+            time; with ``"batch"`` it is the batch whose mean gradient is squared).
+        importance: ``"per_example"`` (default, the Fisher as the paper writes it) or
+            ``"batch"`` (the released code's squared mini-batch gradients,
+            :func:`~unlearnkit.components.importance.batch_fisher_importance`; pass the batch
+            size your data loader used as ``importance_batch_size``).
 
     Example:
         >>> import torch, unlearnkit
@@ -122,9 +128,12 @@ class SSD(UnlearningMethod):
     gradient_based = False  # one update outside any optimiser: wrappers of optimiser steps refuse it
 
     def __init__(
-        self, *, selection_weight: float = 10.0, dampening: float = 1.0, importance_batch_size: int = 32
+        self, *, selection_weight: float = 10.0, dampening: float = 1.0, importance_batch_size: int = 32,
+        importance: str = "per_example",
     ) -> None:
         check_non_negative(selection_weight=selection_weight, dampening=dampening)
+        check_choice("importance", importance, ("per_example", "batch"))
+        self.importance = importance
         check_positive(importance_batch_size=importance_batch_size)
         check_count(importance_batch_size=importance_batch_size)
         self.selection_weight = selection_weight
@@ -135,10 +144,9 @@ class SSD(UnlearningMethod):
         assert context.retain is not None  # guaranteed by the data contract
         model, request = context.model, context.request
         # Both importances on the original weights, before anything is dampened.
-        data_importance = fisher_importance(model, *context.retain, batch_size=self.importance_batch_size)
-        forget_importance = fisher_importance(
-            model, request.inputs, request.labels, batch_size=self.importance_batch_size
-        )
+        measure = fisher_importance if self.importance == "per_example" else batch_fisher_importance
+        data_importance = measure(model, *context.retain, batch_size=self.importance_batch_size)
+        forget_importance = measure(model, request.inputs, request.labels, batch_size=self.importance_batch_size)
         selected_total = dampened = total = 0
         per_tensor: dict[str, int] = {}
         with torch.no_grad():
