@@ -170,3 +170,47 @@ def loss_gradients(model: nn.Module, inputs: Tensor, labels: Tensor, batches: Se
         for module, training in zip(model.modules(), was_training):
             module.train(training)
     return torch.stack(columns, dim=1)
+
+
+def mean_loss_gradient(model: nn.Module, inputs: Tensor, labels: Tensor, *, chunk_size: int) -> list[Tensor]:
+    """The gradient of the mean cross-entropy over *all* of ``(inputs, labels)``, one tensor per
+    trainable parameter, accumulated over chunks of ``chunk_size`` rows.
+
+    Each chunk contributes the gradient of its summed loss divided by the total number of rows,
+    so the result equals the full-batch gradient (up to float rounding) while memory holds only
+    one chunk's activations. The model runs in eval mode (BatchNorm uses its running
+    statistics, which is what makes chunking exact, and they do not move; dropout is off) and
+    its ``.grad`` fields are left untouched (``torch.autograd.grad``). A parameter the loss does
+    not reach gets a zero tensor.
+
+    Raises:
+        ValueError: If ``inputs`` is empty or ``chunk_size`` is not positive.
+
+    Example:
+        >>> layer = nn.Linear(3, 2)
+        >>> x, y = torch.rand(5, 3), torch.tensor([0, 1, 1, 0, 1])
+        >>> full = torch.autograd.grad(nn.functional.cross_entropy(layer(x), y), list(layer.parameters()))
+        >>> chunked = mean_loss_gradient(layer, x, y, chunk_size=2)
+        >>> all(torch.allclose(a, b, atol=1e-7) for a, b in zip(full, chunked))
+        True
+    """
+    n = inputs.shape[0]
+    if n == 0 or chunk_size <= 0:
+        raise ValueError(f"need rows and chunk_size > 0, got {n} rows, chunk_size={chunk_size}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    was_training = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for start in range(0, n, chunk_size):
+                chunk = slice(start, start + chunk_size)
+                loss = nn.functional.cross_entropy(model(inputs[chunk]), labels[chunk], reduction="sum") / n
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for acc, grad in zip(total, grads):
+                    if grad is not None:
+                        acc.add_(grad)
+    finally:
+        for module, training in zip(model.modules(), was_training):
+            module.train(training)
+    return total

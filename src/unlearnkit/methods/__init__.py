@@ -7,9 +7,11 @@ from unlearnkit.methods.acu import ACU, fit_analytic_head, prepare_analytic_memo
 from unlearnkit.methods.ascent import ForgetObjectiveMethod
 from unlearnkit.methods.bad_teacher import BadTeacher
 from unlearnkit.methods.base import FROM_PRESET, MethodRun, UnlearnContext, UnlearningMethod
+from unlearnkit.methods.blindspot import Blindspot
 from unlearnkit.methods.boundary_shrink import BoundaryShrink
 from unlearnkit.methods.finetune import FineTune
 from unlearnkit.methods.gu import GeometricUnlearning
+from unlearnkit.methods.iau import IAU
 from unlearnkit.methods.l1_sparse import L1Sparse
 from unlearnkit.methods.l2ul import L2UL, L2ULAdv
 from unlearnkit.methods.neggrad import NegGrad
@@ -25,11 +27,13 @@ from unlearnkit.methods.ssd import SSD
 __all__ = [
     "ACU",
     "BadTeacher",
+    "Blindspot",
     "BoundaryShrink",
     "FROM_PRESET",
     "FineTune",
     "ForgetObjectiveMethod",
     "GeometricUnlearning",
+    "IAU",
     "L1Sparse",
     "L2UL",
     "L2ULAdv",

@@ -11,8 +11,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from unlearnkit.components.loop import train_for_epochs
+from unlearnkit.components.batching import shuffled_batches
+from unlearnkit.components.loop import take_step, train_for_epochs
 from unlearnkit.utils.modules import resolve_device
 
 
@@ -69,11 +71,18 @@ class TrainRecipe:
         momentum: SGD momentum (ignored by Adam).
         augment: ``None`` or the name of an augmentation in :data:`AUGMENTATIONS`
             (``"crop-flip"``: random crop after padding by 4 pixels plus horizontal flip).
+        grad_restriction: ``alpha`` of the gradient-restriction loss of IAU (Liu et al.,
+            "Efficient Machine Unlearning via Influence Approximation", 2025,
+            https://arxiv.org/abs/2507.23257): every step minimises
+            ``CE + alpha * sum over parameter tensors of ||grad CE||_2`` by double backprop
+            (:func:`gradient_restriction`), which keeps the trained model's gradients small so
+            that IAU's single unlearning step works better (the paper uses 0.005). ``0`` (the
+            default) trains exactly as before the field existed.
 
-    The last three fields were added after the first release: they enter :meth:`as_dict` and
+    The last four fields were added after the first release: they enter :meth:`as_dict` and
     :meth:`fingerprint` only where they matter (a non-Adam optimizer, SGD's momentum, an
-    augmentation), so the recipes written before keep their fingerprints, and the models cached
-    under them their files and sha256.
+    augmentation, a gradient restriction), so the recipes written before keep their
+    fingerprints, and the models cached under them their files and sha256.
     """
 
     epochs: int = 30
@@ -84,12 +93,16 @@ class TrainRecipe:
     optimizer: str = "adam"
     momentum: float = 0.9
     augment: str | None = None
+    grad_restriction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be None or one of {sorted(AUGMENTATIONS)}, got {self.augment!r}")
+        restriction = self.grad_restriction
+        if isinstance(restriction, bool) or not isinstance(restriction, (int, float)) or not restriction >= 0:
+            raise ValueError(f"grad_restriction must be a number >= 0, got {restriction!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as a dict, without the later fields where they have no effect.
@@ -99,17 +112,70 @@ class TrainRecipe:
             ['batch_size', 'epochs', 'lr', 'seed', 'weight_decay']
             >>> TrainRecipe(optimizer="sgd", augment="crop-flip").as_dict()["momentum"]
             0.9
+            >>> TrainRecipe(grad_restriction=0.005).as_dict()["grad_restriction"]
+            0.005
         """
         record = asdict(self)
         if self.optimizer == "adam":
             del record["optimizer"], record["momentum"]
         if self.augment is None:
             del record["augment"]
+        if self.grad_restriction == 0:
+            del record["grad_restriction"]
         return record
 
     def fingerprint(self) -> str:
         """A short hash of the recipe (of :meth:`as_dict`), used to key caches."""
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def gradient_restriction(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
+    """``sum over tensors of ||d loss / d p||_2``, differentiable (the gradients are taken with
+    ``create_graph=True``, so backpropagating through it is a double backprop).
+
+    The penalty of IAU's gradient-restriction training (the released ``train_model.py`` adds
+    ``alpha * sum(torch.norm(g) for g in grads)``: a sum of per-tensor L2 norms, not the norm of
+    the whole gradient). Parameters the loss does not reach add nothing.
+
+    Example:
+        >>> layer = nn.Linear(2, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        >>> loss = layer(torch.tensor([[1.0, 0.0]])).sum() ** 2 / 2  # d/dw = (w . x) x = [3, 0]
+        >>> gradient_restriction(loss, list(layer.parameters())).item()
+        3.0
+    """
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    terms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
+    return torch.stack(terms).sum() if terms else loss.new_zeros(())
+
+
+def _train_with_gradient_restriction(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    labels: Tensor,
+    recipe: TrainRecipe,
+    generator: torch.Generator,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    progress: bool,
+) -> None:
+    """:func:`~unlearnkit.components.loop.train_for_epochs` with the gradient-restriction term
+    added to every step's loss: the same seeded batches and per-step schedule, so that the two
+    differ only by the penalty."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    alpha = recipe.grad_restriction
+    steps = 0
+    for _ in tqdm(range(recipe.epochs), desc="training", unit="epoch", leave=False, disable=not progress):
+        for idx in shuffled_batches(inputs.shape[0], recipe.batch_size, generator):
+
+            def loss_fn() -> Tensor:
+                loss = F.cross_entropy(model(inputs[idx]), labels[idx])  # noqa: B023 (called at once)
+                return loss + alpha * gradient_restriction(loss, params)
+
+            take_step(model, optimizer, loss_fn, nn.Module.train, steps + 1)
+            steps += 1
+            schedule.step()
 
 
 class _Augmented(nn.Module):
@@ -147,6 +213,10 @@ def train_classifier(
             is seeded from ``recipe.seed`` and is separate from the shuffling's, so the batches
             are the same with and without augmentation. Without either, training is exactly
             what it was before augmentation existed.
+
+    With ``recipe.grad_restriction > 0`` every step also pays the gradient-restriction
+    penalty (double backprop: the digits model's 30 epochs take 13.9 s instead of 3.4 s on one
+    CPU thread); with 0 the training loop is exactly the one used before the field existed.
     """
     device = resolve_device(device, model)
     model.to(device)
@@ -168,8 +238,13 @@ def train_classifier(
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(recipe.seed)
-        train_for_epochs(
-            trained, optimizer, inputs, labels, epochs=recipe.epochs, batch_size=recipe.batch_size,
-            generator=generator, schedule=schedule, schedule_every="step", progress=progress,
-        )
+        if recipe.grad_restriction > 0:
+            _train_with_gradient_restriction(
+                trained, optimizer, inputs, labels, recipe, generator, schedule, progress
+            )
+        else:
+            train_for_epochs(
+                trained, optimizer, inputs, labels, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                generator=generator, schedule=schedule, schedule_every="step", progress=progress,
+            )
     return model.eval()
