@@ -30,7 +30,6 @@ import contextlib
 import importlib
 import inspect
 import json
-import pickle
 import re
 import sys
 import warnings
@@ -439,7 +438,9 @@ def _torch_load_weights_only(path: Path) -> Any:
                 f"{path} is a TorchScript archive, not a state dict: use kind 'torchscript' for it"
             ) from None
         unsafe = _unsafe_globals(path)
-        if unsafe or (isinstance(err, pickle.UnpicklingError) and "Unsupported global" in message):
+        # torch's weights-only unpickler names a refused class "Unsupported global" (its error
+        # type is pickle's UnpicklingError; the message is what identifies the case).
+        if unsafe or "Unsupported global" in message:
             named = f" ({', '.join(unsafe[:_MAX_LISTED])})" if unsafe else ""
             raise CheckpointError(
                 f"{path} holds pickled Python objects{named} and will not be loaded: unpickling them "
