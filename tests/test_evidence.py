@@ -220,3 +220,28 @@ def test_a_receipt_without_evidence_says_what_was_not_measured(trained_cnn: Smal
     assert receipt["verdict"]["checks"][0]["value"] == 0.0
     assert "not measured" in receipt["verdict"]["note"]
     assert receipt["run"]["converged"] is False and receipt["run"]["stop_reason"] == "max_steps"
+
+
+def test_a_feature_cache_gives_the_same_evidence_and_extracts_the_references_once(
+    trained_cnn: SmallCNN, splits: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import unlearnkit.scenarios.evidence as evidence_module
+
+    result = unlearnkit.unlearn(trained_cnn, splits["forget"], method="neggrad", lr=0.05)
+    met = [o.goal_met for o in result.outcomes]
+    plain = _evidence(trained_cnn, result.model, splits, met, retrained=trained_cnn)
+    calls: list[int] = []
+    real = evidence_module.extract_layer_features
+
+    def counting(model, inputs, layers, **kwargs):
+        calls.append(id(model))
+        return real(model, inputs, layers, **kwargs)
+
+    monkeypatch.setattr(evidence_module, "extract_layer_features", counting)
+    cache: dict = {}
+    other = copy.deepcopy(trained_cnn)  # a distinct retrained reference
+    first = _evidence(trained_cnn, result.model, splits, met, retrained=other, feature_cache=cache)
+    second = _evidence(trained_cnn, result.model, splits, met, retrained=other, feature_cache=cache)
+    assert calls.count(id(trained_cnn)) == 1 and calls.count(id(other)) == 1  # once per request
+    assert first["cka_layers"] == second["cka_layers"]
+    assert [r["original"] for r in first["cka_layers"]] == pytest.approx([r["original"] for r in plain["cka_layers"]])

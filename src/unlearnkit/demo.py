@@ -195,12 +195,14 @@ def evidence_for_request(
         "sha256": reference.sha256, "seconds": reference.train_seconds, "from_cache": reference.from_cache,
     }
 
+    features: dict[Any, Any] = {}  # the reference models' features, extracted once per request
+
     def gather(result: UnlearnResult) -> dict[str, Any]:
         return gather_evidence(
             model, result.model, forget, retain, test,
             goal_met=[o.goal_met for o in result.outcomes], ids=list(request.ids),
             original_figures=original_figures, retrained=reference.model, retrained_figures=retrained_figures,
-            num_classes=data.num_classes, seed=seed,
+            num_classes=data.num_classes, seed=seed, feature_cache=features,
         )
 
     return gather, retrained, original_figures["per_class_test"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor, nn
 
 from unlearnkit.components.loop import train_for_epochs
 from unlearnkit.components.optim import make_optimizer
@@ -93,11 +95,24 @@ class FineTune(UnlearningMethod):
         x, y = context.retain
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer("sgd", params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
         steps, losses = train_for_epochs(
             model, optimizer, x, y, epochs=self.epochs, batch_size=self.batch_size, generator=context.generator,
-            schedule=schedule, schedule_every="epoch", progress=context.progress, desc=self.name,
+            schedule=self._schedule(optimizer), schedule_every="epoch", penalty=self._penalty(params),
+            progress=context.progress, desc=self.name,
         )
-        return MethodRun(
-            steps, self.epochs, context.goal_holds(), "fixed_schedule", {"final_loss": losses[-1] if losses else None}
-        )
+        details = {"final_loss": losses[-1] if losses else None, **self._details(params)}
+        return MethodRun(steps, self.epochs, context.goal_holds(), "fixed_schedule", details)
+
+    # Hooks for variants of fine-tuning (l1_sparse): the same loop, another schedule or penalty.
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The learning-rate schedule, stepped once per epoch: cosine over the epochs."""
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+
+    def _penalty(self, params: list[nn.Parameter]) -> Callable[[int], Tensor] | None:
+        """A term added to every step's loss (called with the epoch); none for plain fine-tuning."""
+        return None
+
+    def _details(self, params: list[nn.Parameter]) -> dict[str, Any]:
+        """Method-specific figures for the result, after the run."""
+        return {}

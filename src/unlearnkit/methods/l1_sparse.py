@@ -8,15 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from unlearnkit.components.loop import train_for_epochs
-from unlearnkit.components.optim import make_optimizer
-from unlearnkit.methods.base import (
-    FROM_PRESET,
-    MethodRun,
-    UnlearnContext,
-    check_choice,
-    check_non_negative,
-)
+from unlearnkit.methods.base import FROM_PRESET, check_choice, check_non_negative
 from unlearnkit.methods.finetune import FineTune
 from unlearnkit.methods.registry import register_method
 
@@ -143,24 +135,10 @@ class L1Sparse(FineTune):
             return None
         return lambda epoch: self.penalty_weight(epoch) * l1_norm(params)
 
-    def _unlearn(self, context: UnlearnContext) -> MethodRun:
-        assert context.retain is not None  # guaranteed by the data contract
-        model = context.model
-        x, y = context.retain
-        # Built exactly as FineTune builds them, so that alpha=0 reproduces finetune.
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer("sgd", params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        schedule: torch.optim.lr_scheduler.LRScheduler | None = None
-        if self.schedule == "cosine":
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
-        steps, losses = train_for_epochs(
-            model, optimizer, x, y, epochs=self.epochs, batch_size=self.batch_size, generator=context.generator,
-            schedule=schedule, schedule_every="epoch", penalty=self._penalty(params), progress=context.progress,
-            desc=self.name,
-        )
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """Cosine over the epochs (as finetune, so that alpha=0 reproduces it), or constant."""
+        return super()._schedule(optimizer) if self.schedule == "cosine" else None
+
+    def _details(self, params: list[nn.Parameter]) -> dict[str, Any]:
         with torch.no_grad():
-            final_l1 = float(l1_norm(params))
-        return MethodRun(
-            steps, self.epochs, context.goal_holds(), "fixed_schedule",
-            {"final_loss": losses[-1] if losses else None, "final_l1_norm": final_l1},
-        )
+            return {"final_l1_norm": float(l1_norm(params))}

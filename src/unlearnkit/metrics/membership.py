@@ -188,8 +188,7 @@ def true_label_probability(
         >>> true_label_probability(model, x, y).round(4)
         array([0.5   , 0.8808])
     """
-    logits, labels = _logits(model, inputs, labels, "inputs", batch_size, device)
-    return _true_log_probability(logits, labels).exp().numpy()
+    return membership_signals(model, inputs, labels, batch_size=batch_size, device=device)["p_y"]
 
 
 def softmax_entropy(
@@ -229,8 +228,7 @@ def cross_entropy_loss(
         >>> cross_entropy_loss(model, torch.ones(2, 2), torch.tensor([0, 1])).round(4)
         array([0.6931, 0.6931])
     """
-    logits, labels = _logits(model, inputs, labels, "inputs", batch_size, device)
-    return (-_true_log_probability(logits, labels)).numpy()
+    return membership_signals(model, inputs, labels, batch_size=batch_size, device=device)["loss"]
 
 
 def logit_scaled_confidence(
@@ -431,6 +429,16 @@ def _unpack(split: Split, name: str) -> tuple[Tensor, Tensor]:
     return split[0], split[1]
 
 
+def _split_signals(
+    model: nn.Module, retain: Split, test: Split, forget: Split, batch_size: int, device: torch.device | str | None
+) -> list[dict[str, np.ndarray]]:
+    """:func:`membership_signals` of the retain, test and forget splits, in that order."""
+    return [
+        membership_signals(model, *_unpack(split, name), name=name, batch_size=batch_size, device=device)
+        for name, split in (("retain", retain), ("test", test), ("forget", forget))
+    ]
+
+
 def mia_efficacy(
     model: nn.Module,
     retain: Split,
@@ -466,11 +474,8 @@ def mia_efficacy(
         >>> 0.0 <= result.score <= 100.0, result.n_members, result.n_targets
         (True, 10, 10)
     """
-    probabilities = []
-    for name, split in (("retain", retain), ("test", test), ("forget", forget)):
-        logits, labels = _logits(model, *_unpack(split, name), name, batch_size, device)
-        probabilities.append(_true_log_probability(logits, labels).exp().numpy())
-    return mia_efficacy_from_scores(*probabilities, seed=seed, max_samples=max_samples)
+    signals = _split_signals(model, retain, test, forget, batch_size, device)
+    return mia_efficacy_from_scores(*(s["p_y"] for s in signals), seed=seed, max_samples=max_samples)
 
 
 def entropy_mia(
@@ -500,13 +505,10 @@ def entropy_mia(
         >>> 0.0 <= result.score <= 100.0
         True
     """
-    entropies = []
-    for name, split in (("retain", retain), ("test", test), ("forget", forget)):
-        # Labels are checked although the entropy ignores them: the same input contract as
-        # the other attacks, so a wrong split fails here too rather than scoring silently.
-        logits, _ = _logits(model, *_unpack(split, name), name, batch_size, device)
-        entropies.append(_entropy(logits).numpy())
-    return entropy_mia_from_scores(*entropies, seed=seed, max_samples=max_samples)
+    # Labels are checked although the entropy ignores them: the same input contract as the
+    # other attacks, so a wrong split fails here too rather than scoring silently.
+    signals = _split_signals(model, retain, test, forget, batch_size, device)
+    return entropy_mia_from_scores(*(s["entropy"] for s in signals), seed=seed, max_samples=max_samples)
 
 
 def loss_threshold_auc(

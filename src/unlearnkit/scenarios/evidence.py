@@ -143,6 +143,7 @@ def gather_evidence(
     knn_index_size: int = 2000,
     probe_size: int = 1000,
     thresholds: VerdictThresholds = VerdictThresholds(),
+    feature_cache: dict[tuple[int, tuple[str, ...]], dict[str, Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Every figure of the evidence for one unlearned model, JSON-ready.
 
@@ -163,6 +164,9 @@ def gather_evidence(
         knn_index_size: Retain rows used as the k-NN index (the first ones).
         probe_size: Test rows (the first ones) beside the forget set on which CKA is measured.
         thresholds: The verdict's thresholds.
+        feature_cache: A dict kept across the runs of one request (same forget and test data):
+            the original's and the retrained model's layer features are then extracted once
+            per request instead of once per run.
 
     Returns:
         The ``evidence`` object of the results JSON (see the README): the figures of
@@ -190,8 +194,18 @@ def gather_evidence(
     probe = torch.cat([forget[0], test[0][:probe_size]])
     layers = representation_layers(unlearned)
     mine_feats = extract_layer_features(unlearned, probe, layers)
-    original_feats = extract_layer_features(original, probe, layers)
-    retrained_feats = extract_layer_features(retrained, probe, layers) if retrained is not None else None
+
+    def reference_features(model: nn.Module) -> dict[str, Tensor]:
+        # The original and the retrained model are the same for every run of a request.
+        if feature_cache is None:
+            return extract_layer_features(model, probe, layers)
+        key = (id(model), tuple(layers))
+        if key not in feature_cache:
+            feature_cache[key] = extract_layer_features(model, probe, layers)
+        return feature_cache[key]
+
+    original_feats = reference_features(original)
+    retrained_feats = reference_features(retrained) if retrained is not None else None
     evidence["cka_layers"] = [
         {
             "layer": layer,
