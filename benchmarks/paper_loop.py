@@ -76,6 +76,8 @@ class PaperLoopConfig:
         pgd_step_size: PGD step length at the initial radius (scaled with the radius in later
             rounds).
         pgd_rounds: Attack rounds; the radius doubles for a copy that missed its target.
+        pgd_stop_margin: Early exit of a copy's attack once its target leads by this many
+            logits; ``None``: every step.
         drop_unreached: Keep only the copies that reached their target.
         forget_batch_size: Forget examples per step.
         adv_batch_size: Anchors per step.
@@ -104,6 +106,7 @@ class PaperLoopConfig:
     pgd_steps: int = 100
     pgd_step_size: float = 0.1
     pgd_rounds: int = 1
+    pgd_stop_margin: float | None = None
     drop_unreached: bool = False
     forget_batch_size: int = 32
     adv_batch_size: int = 256
@@ -184,6 +187,7 @@ def l2_pgd_single(
     steps: int,
     generator: torch.Generator,
     input_range: tuple[float, float] | None,
+    stop_margin: float | None = None,
 ) -> Tensor:
     """Targeted L2 PGD on one image (a batch of one), from a random start in the ball.
 
@@ -200,6 +204,8 @@ def l2_pgd_single(
         steps: Number of steps.
         generator: Source of the random start.
         input_range: ``(low, high)`` or ``None``.
+        stop_margin: Stop at the first step where the target's logit leads every other by
+            more than this (``l2ul``'s ``pgd_stop_margin``); ``None``: take every step.
 
     Returns:
         The adversarial image, ``(1, ...)``, detached.
@@ -212,7 +218,10 @@ def l2_pgd_single(
         x = x.clamp(*input_range)
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), label)
+        logits = model(x)
+        if stop_margin is not None and float(_label_margin(logits.detach(), label)) > stop_margin:
+            break
+        loss = F.cross_entropy(logits, label)
         (grad,) = torch.autograd.grad(loss, x)
         with torch.no_grad():
             x = x - step_size * grad / grad.norm().clamp_min(1e-12)
@@ -323,7 +332,7 @@ def paper_unlearn(
             for _ in range(config.pgd_rounds):
                 adv = l2_pgd_single(
                     model, image, target, eps=eps, step_size=step, steps=config.pgd_steps,
-                    generator=generator, input_range=config.input_range,
+                    generator=generator, input_range=config.input_range, stop_margin=config.pgd_stop_margin,
                 )
                 with torch.no_grad():
                     hit = int(model(adv).argmax(dim=1)) == target

@@ -730,7 +730,7 @@ def test_a_new_method_gets_the_base_class_services(
     result = unlearnkit.unlearn(trained_linear, forget, method="test_scale", scale=-1.0)
     assert same_state(trained_linear, state)
     assert result.method == "test_scale" and result.hyperparams == {"scale": -1.0}
-    assert result.details == {"scaled": True} and result.stop_reason == "fixed_schedule"
+    assert result.details == {"scaled": True, "memory_format": "contiguous"} and result.stop_reason == "fixed_schedule"
     with torch.no_grad():
         assert torch.allclose(result.model(forget[0]), -trained_linear(forget[0]))
     assert repr(unlearnkit.create_method("test_scale", scale=2.0)) == "_Scale(scale=2.0)"
@@ -784,4 +784,4 @@ def test_retain_data_is_checked_for_methods_that_need_it(
         method="test_retain",
         retain=(digits.x_train[:7], digits.y_train[:7]),
     )
-    assert result.retain_used == 7 and result.details == {"retain": 7}
+    assert result.retain_used == 7 and result.details == {"retain": 7, "memory_format": "contiguous"}

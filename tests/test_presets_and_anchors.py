@@ -51,10 +51,12 @@ ANCHORS = {
     "default": {
         "anchor_targets": "balanced", "anchor_loss": "kl", "anchor_weight": 50.0,
         "shift_anchors": 1, "pgd_steps": 50, "pgd_rounds": 4, "drop_unreached": True,
+        "pgd_stop_margin": 3.0, "adv_batch_size": 64,
     },
     "paper": {
         "anchor_targets": "random", "anchor_loss": "ce", "anchor_weight": None,
         "shift_anchors": 0, "pgd_steps": 100, "pgd_rounds": 1, "drop_unreached": False,
+        "pgd_stop_margin": None, "adv_batch_size": 256,
     },
 }
 
@@ -64,7 +66,7 @@ def _expected(name: str, preset: str) -> dict[str, Any]:
     values = {**SHARED[preset], **COMMON}
     if name in ADV_METHODS:
         values.update(ANCHORS[preset])
-        values.update(n_adv=20, pgd_norm="l2", forget_batch_size=32, adv_batch_size=256)
+        values.update(n_adv=20, pgd_norm="l2", forget_batch_size=32)
     if name == "l2ul":
         values.update(reg_lambda=1.0)
     if name == "boundary_shrink" and preset == "paper":

@@ -246,7 +246,7 @@ def test_acu_head_equals_a_ridge_head_refitted_on_the_retain_rows(
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert result.details == {
         "gamma": 0.5, "feature_dim": 128, "rows_removed": 4, "memory": "fitted_now",
-        "rows_before": 304, "rows_remaining": 300, "head": "head.2",
+        "rows_before": 304, "rows_remaining": 300, "head": "head.2", "memory_format": "channels_last",
     }
     assert result.hyperparams == {"gamma": 0.5, "head": None}
     assert (result.steps, result.passes, result.stop_reason, result.retain_used) == (1, 1, "fixed_schedule", 300)

@@ -34,6 +34,7 @@ def unlearn(
     device: torch.device | str | None = None,
     inplace: bool = False,
     progress: bool | None = None,
+    memory_format: str = "auto",
     **hyperparams: Any,
 ) -> UnlearnResult:
     """Forgets training instances from a trained classifier.
@@ -58,6 +59,8 @@ def unlearn(
         device: Where to run (default: the model's device).
         inplace: Update ``model`` itself. If the run then fails, ``model`` may be left changed.
         progress: Show progress bars (default: when standard error is a terminal).
+        memory_format: Tensor layout of the run, ``"auto"`` (channels-last for convolutional
+            models), ``"channels_last"`` or ``"contiguous"``; the model comes back contiguous.
         **hyperparams: The method's hyperparameters (see ``unlearnkit methods``).
 
     Returns:
@@ -101,5 +104,6 @@ def unlearn(
         algorithm = create_method(method, **hyperparams)
     show = sys.stderr.isatty() if progress is None else progress
     return algorithm.unlearn(
-        model, request, retain=retain, heldout=heldout, seed=seed, device=device, inplace=inplace, progress=show
+        model, request, retain=retain, heldout=heldout, seed=seed, device=device, inplace=inplace, progress=show,
+        memory_format=memory_format,
     )

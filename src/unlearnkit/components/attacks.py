@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearnkit.components.stopping import label_margin
 from unlearnkit.utils.modules import eval_mode, predict_logits
 
 Norm = Literal["l2", "linf"]
@@ -77,6 +78,7 @@ def targeted_pgd(
     input_range: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    stop_margin: float | None = None,
 ) -> Tensor:
     """Targeted PGD: moves each input toward being classified as its target class.
 
@@ -100,6 +102,10 @@ def targeted_pgd(
         generator: Source of randomness for the start; a fresh seed-0 generator if ``None``.
         batch_size: Attack this many examples at a time (to bound memory); all at once if
             ``None``.
+        stop_margin: Early exit: an example stops moving at the first step where the model
+            prefers its target over every other class by more than this many logits, and
+            leaves the batch (later steps cost only the examples still on their way). ``None``
+            (the paper): every example takes every step.
 
     Returns:
         Adversarial inputs, same shape and device as ``inputs``, detached.
@@ -112,9 +118,12 @@ def targeted_pgd(
         >>> bool(((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all())
         True
     """
+    if stop_margin is not None and stop_margin < 0:
+        raise ValueError(f"stop_margin must be >= 0 or None, got {stop_margin}")
     return _pgd(
         model, inputs, targets, -1.0, eps=eps, steps=steps, step_size=step_size, norm=norm,
         random_start=random_start, input_range=input_range, generator=generator, batch_size=batch_size,
+        stop_margin=stop_margin,
     )
 
 
@@ -132,10 +141,13 @@ def _pgd(
     input_range: tuple[float, float] | None,
     generator: torch.Generator | None,
     batch_size: int | None,
+    stop_margin: float | None = None,
 ) -> Tensor:
     """PGD on the cross-entropy toward ``classes``: ``sign=-1`` descends it (targeted),
     ``sign=+1`` ascends it (untargeted). Shared set-up: radius and step per example, random
-    start drawn up front, model in eval mode without parameter gradients, chunking."""
+    start drawn up front, model in eval mode without parameter gradients, chunking.
+    ``stop_margin`` (targeted only): examples whose ``classes`` logit leads by more than it
+    stop moving and leave the batch."""
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
     if steps < 0:
@@ -160,7 +172,10 @@ def _pgd(
             p.requires_grad_(False)
         with eval_mode(model), torch.enable_grad():
             pieces = [
-                _iterate(model, clean[sl], x[sl], classes[sl], eps_t[sl], step_t[sl], steps, norm, input_range, sign)
+                _iterate(
+                    model, clean[sl], x[sl], classes[sl], eps_t[sl], step_t[sl], steps, norm, input_range, sign,
+                    stop_margin,
+                )
                 for sl in (slice(i, i + chunk) for i in range(0, n, chunk))
             ]
     finally:
@@ -182,18 +197,36 @@ def _iterate(
     norm: Norm,
     input_range: tuple[float, float] | None,
     sign: float,
+    stop_margin: float | None = None,
 ) -> Tensor:
-    """The PGD iterations for one chunk, from start ``x``."""
+    """The PGD iterations for one chunk, from start ``x``.
+
+    With ``stop_margin``, the forward pass of each step also decides which examples are done
+    (their ``classes`` logit leads by more than the margin at the current point); they keep
+    that point and drop out of the batch, so the exit costs no extra forward pass.
+    """
+    x = x.detach().clone()
+    active = torch.arange(x.shape[0], device=x.device)
     for _ in range(steps):
-        x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), classes, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
+        current = x[active].requires_grad_(True)
+        logits = model(current)
+        # In eval mode the rows are independent: the gradient of the summed loss is each
+        # row's own gradient, so rows that are done can be dropped after the backward pass.
+        loss = F.cross_entropy(logits, classes[active], reduction="sum")
+        (grad,) = torch.autograd.grad(loss, current)
+        if stop_margin is not None:
+            moving = label_margin(logits.detach(), classes[active]) <= stop_margin
+            active, grad = active[moving], grad[moving]
+            if active.numel() == 0:
+                break
         with torch.no_grad():
             direction = grad.sign() if norm == "linf" else grad / _per_example_norm(grad)
-            x = x + sign * step * direction
-            x = clean + _project(x - clean, eps, norm)
+            start = clean[active]
+            moved = x[active] + sign * step[active] * direction
+            moved = start + _project(moved - start, eps[active], norm)
             if input_range is not None:
-                x = x.clamp(*input_range)
+                moved = moved.clamp(*input_range)
+            x[active] = moved
     return x.detach()
 
 

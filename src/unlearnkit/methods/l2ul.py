@@ -51,11 +51,13 @@ DEFAULT_LINF_EPS = 8 / 255
 ANCHOR_PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "anchor_targets": "balanced", "anchor_loss": "kl", "anchor_weight": 50.0, "shift_anchors": 1,
-        "pgd_steps": 50, "pgd_rounds": 4, "drop_unreached": True,
+        "pgd_steps": 50, "pgd_rounds": 4, "drop_unreached": True, "pgd_stop_margin": 3.0,
+        "adv_batch_size": 64,
     },
     "paper": {
         "anchor_targets": "random", "anchor_loss": "ce", "anchor_weight": None, "shift_anchors": 0,
-        "pgd_steps": 100, "pgd_rounds": 1, "drop_unreached": False,
+        "pgd_steps": 100, "pgd_rounds": 1, "drop_unreached": False, "pgd_stop_margin": None,
+        "adv_batch_size": 256,
     },
 }
 
@@ -107,7 +109,9 @@ class L2ULAdv(ForgetObjectiveMethod):
 
     Args (``default`` / ``paper`` preset values where they differ):
         forget_batch_size: Forget instances per step, 32.
-        adv_batch_size: Anchors per step, 256.
+        adv_batch_size: Anchors per step, 64 / 256. Smaller batches make each step cheaper; a
+            pass over the anchors then takes more, smaller steps (measured on CIFAR-10, k = 16:
+            107 steps of 80 images instead of 63 of 272, a third of the time).
         n_adv: Adversarial copies per forget instance, 20 (the paper's CIFAR-10 setting).
         anchor_targets: ``"balanced"`` / ``"random"``: how target classes are drawn.
         anchor_loss: ``"kl"`` (keep the original's output distribution) / ``"ce"`` (keep the
@@ -125,6 +129,9 @@ class L2ULAdv(ForgetObjectiveMethod):
         pgd_norm: ``"l2"`` (the paper) or ``"linf"``.
         pgd_rounds: Attack rounds, the radius doubling each round for copies that have not
             reached their target, 4 / 1.
+        pgd_stop_margin: Early exit of the attack: a copy stops at the first step where the
+            original prefers its target by more than this many logits, and leaves the batch,
+            3.0 / ``None`` (every copy takes every step, as the released code).
         drop_unreached: Train only on copies that reached their target, ``True`` / ``False``.
         **kwargs: The shared hyperparameters of
             :class:`~unlearnkit.methods.ascent.ForgetObjectiveMethod` (preset, optimizer, lr,
@@ -143,7 +150,7 @@ class L2ULAdv(ForgetObjectiveMethod):
         self,
         *,
         forget_batch_size: int = 32,
-        adv_batch_size: int = 256,
+        adv_batch_size: int = FROM_PRESET,
         n_adv: int = 20,
         anchor_targets: str = FROM_PRESET,
         anchor_loss: str = FROM_PRESET,
@@ -155,6 +162,7 @@ class L2ULAdv(ForgetObjectiveMethod):
         pgd_norm: str = "l2",
         pgd_rounds: int = FROM_PRESET,
         drop_unreached: bool = FROM_PRESET,
+        pgd_stop_margin: float | None = FROM_PRESET,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -163,12 +171,14 @@ class L2ULAdv(ForgetObjectiveMethod):
             anchor_targets=anchor_targets, anchor_loss=anchor_loss, anchor_weight=anchor_weight,
             shift_anchors=shift_anchors, pgd_eps=pgd_eps, pgd_steps=pgd_steps, pgd_step_size=pgd_step_size,
             pgd_norm=pgd_norm, pgd_rounds=pgd_rounds, drop_unreached=drop_unreached,
+            pgd_stop_margin=pgd_stop_margin,
         )
         check_positive(
             forget_batch_size=self.forget_batch_size, adv_batch_size=self.adv_batch_size, n_adv=self.n_adv,
             pgd_rounds=self.pgd_rounds,
             **optional(pgd_eps=self.pgd_eps, pgd_step_size=self.pgd_step_size, anchor_weight=self.anchor_weight),
         )
+        check_non_negative(**optional(pgd_stop_margin=self.pgd_stop_margin))
         check_count(
             forget_batch_size=self.forget_batch_size, adv_batch_size=self.adv_batch_size, n_adv=self.n_adv,
             pgd_steps=self.pgd_steps, pgd_rounds=self.pgd_rounds, shift_anchors=self.shift_anchors,
@@ -210,7 +220,7 @@ class L2ULAdv(ForgetObjectiveMethod):
         attack = calibrated_targeted_pgd(
             model, inputs, targets, eps=self.attack_eps(request.input_shape), rounds=self.pgd_rounds,
             steps=self.pgd_steps, step_size=self.pgd_step_size, norm=self.pgd_norm,  # type: ignore[arg-type]
-            input_range=request.input_range, generator=generator,
+            input_range=request.input_range, generator=generator, stop_margin=self.pgd_stop_margin,
         )
         keep = attack.reached if self.drop_unreached else torch.ones_like(attack.reached)
         anchor_inputs, anchor_labels = [attack.adversarial[keep]], [targets[keep]]
