@@ -63,6 +63,7 @@ from unlearnkit.models import pretrained  # noqa: E402
 from unlearnkit.report.table import format_table  # noqa: E402
 from unlearnkit.request import ForgetRequest  # noqa: E402
 from unlearnkit.utils.io import write_json_atomic  # noqa: E402
+from unlearnkit.utils.memory_format import memory_format_name, preferred_memory_format  # noqa: E402
 from unlearnkit.utils.versions import environment_versions  # noqa: E402
 
 # paper_loop.py sits beside this file; make it importable however this file was loaded.
@@ -272,8 +273,12 @@ def attack_throughput(
     and step (eval mode, input gradients only). Its throughput is ``N * pgd_steps / seconds``.
     The reference is a training step without the optimiser on random inputs of the same shape:
     ``CE(model(x), y).backward()`` in training mode, ``pgd_steps`` times, ``N * pgd_steps /
-    seconds``. Each is warmed up, then timed ``repeats`` times; the fastest run counts.
+    seconds``. Each is warmed up, then timed ``repeats`` times; the fastest run counts. Both run
+    in the memory layout (a) runs in (channels-last for convolutional models), and the attack
+    takes every step (no early exit), so the two process the same number of images.
     """
+    layout = preferred_memory_format(model)
+    model = copy.deepcopy(model).to(memory_format=layout)
     n_adv, steps = int(hyperparams["n_adv"]), int(hyperparams["pgd_steps"])
     inputs = request.inputs.repeat_interleave(n_adv, dim=0)
     generator = torch.Generator().manual_seed(seed)
@@ -316,6 +321,7 @@ def attack_throughput(
         "train_fwd_bwd_images_per_second": plain_rate,
         "fraction": attack_rate / plain_rate,
         "repeats": repeats,
+        "memory_format": memory_format_name(layout),
     }
 
 

@@ -67,3 +67,25 @@ def test_the_calibrated_attack_passes_the_exit_on_and_reports_reach(cnn: SmallCN
     reached = predict_logits(cnn, attack.adversarial).argmax(dim=1) == targets
     assert torch.equal(reached, attack.reached)
     assert attack.reached.float().mean() > attack.first_round_success
+
+
+def test_auto_precision_is_fp32_on_cpu_and_bf16_runs_and_is_rechecked_in_fp32(cnn: SmallCNN, attack_inputs) -> None:
+    x, targets = attack_inputs
+    kwargs = {"eps": 1.0, "steps": 10}
+    assert torch.equal(targeted_pgd(cnn, x, targets, precision="auto", **kwargs), targeted_pgd(cnn, x, targets, **kwargs))
+    half = targeted_pgd(cnn, x, targets, precision="bf16", **kwargs)
+    assert half.dtype == x.dtype and ((half - x).flatten(1).norm(dim=1) <= 1.0 + 1e-4).all()
+    full = targeted_pgd(cnn, x, targets, **kwargs)
+    assert not torch.equal(half, full)  # bf16 really ran: the path differs slightly
+    attack = calibrated_targeted_pgd(cnn, x, targets, eps=0.5, rounds=2, steps=10, precision="bf16")
+    assert torch.equal(predict_logits(cnn, attack.adversarial).argmax(dim=1) == targets, attack.reached)
+
+
+def test_l2ul_records_the_attack_precision_and_refuses_unknown_ones(cnn: SmallCNN, forget) -> None:
+    import unlearnkit
+    from unlearnkit.errors import InvalidHyperparameterError
+
+    result = unlearnkit.unlearn(cnn, forget, method="l2ul", n_adv=2, pgd_steps=5, max_steps=2)
+    assert result.details["attack/precision"] == "fp32" and result.hyperparams["attack_precision"] == "auto"
+    with pytest.raises(InvalidHyperparameterError, match="attack_precision"):
+        unlearnkit.create_method("l2ul", attack_precision="fp16")

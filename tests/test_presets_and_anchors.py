@@ -51,12 +51,12 @@ ANCHORS = {
     "default": {
         "anchor_targets": "balanced", "anchor_loss": "kl", "anchor_weight": 50.0,
         "shift_anchors": 1, "pgd_steps": 50, "pgd_rounds": 4, "drop_unreached": True,
-        "pgd_stop_margin": 3.0, "adv_batch_size": 64,
+        "pgd_stop_margin": 3.0, "adv_batch_size": 64, "attack_precision": "auto",
     },
     "paper": {
         "anchor_targets": "random", "anchor_loss": "ce", "anchor_weight": None,
         "shift_anchors": 0, "pgd_steps": 100, "pgd_rounds": 1, "drop_unreached": False,
-        "pgd_stop_margin": None, "adv_batch_size": 256,
+        "pgd_stop_margin": None, "adv_batch_size": 256, "attack_precision": "fp32",
     },
 }
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from unlearnkit.components.stopping import label_margin
 from unlearnkit.utils.modules import eval_mode, predict_logits
+from unlearnkit.utils.precision import autocast_context, resolve_precision
 
 Norm = Literal["l2", "linf"]
 
@@ -79,6 +80,7 @@ def targeted_pgd(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     stop_margin: float | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """Targeted PGD: moves each input toward being classified as its target class.
 
@@ -106,6 +108,11 @@ def targeted_pgd(
             prefers its target over every other class by more than this many logits, and
             leaves the batch (later steps cost only the examples still on their way). ``None``
             (the paper): every example takes every step.
+        precision: ``"fp32"``, ``"bf16"`` (autocast the forward and backward passes) or
+            ``"auto"`` (bf16 on CUDA devices that support it, fp32 elsewhere; see
+            :func:`~unlearnkit.utils.precision.resolve_precision`). The returned inputs are
+            fp32 either way; callers that need to know whether a target was reached check
+            it again in full precision (as :func:`calibrated_targeted_pgd` does).
 
     Returns:
         Adversarial inputs, same shape and device as ``inputs``, detached.
@@ -123,7 +130,7 @@ def targeted_pgd(
     return _pgd(
         model, inputs, targets, -1.0, eps=eps, steps=steps, step_size=step_size, norm=norm,
         random_start=random_start, input_range=input_range, generator=generator, batch_size=batch_size,
-        stop_margin=stop_margin,
+        stop_margin=stop_margin, precision=resolve_precision(inputs.device, precision),
     )
 
 
@@ -142,6 +149,7 @@ def _pgd(
     generator: torch.Generator | None,
     batch_size: int | None,
     stop_margin: float | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """PGD on the cross-entropy toward ``classes``: ``sign=-1`` descends it (targeted),
     ``sign=+1`` ascends it (untargeted). Shared set-up: radius and step per example, random
@@ -170,7 +178,7 @@ def _pgd(
     try:
         for p, _ in grad_state:
             p.requires_grad_(False)
-        with eval_mode(model), torch.enable_grad():
+        with eval_mode(model), torch.enable_grad(), autocast_context(inputs.device, precision):
             pieces = [
                 _iterate(
                     model, clean[sl], x[sl], classes[sl], eps_t[sl], step_t[sl], steps, norm, input_range, sign,
@@ -181,7 +189,8 @@ def _pgd(
     finally:
         for p, flag in grad_state:
             p.requires_grad_(flag)
-    return torch.cat(pieces) if pieces else x.detach()
+    adversarial = torch.cat(pieces) if pieces else x.detach()
+    return adversarial.to(inputs.dtype)
 
 
 
