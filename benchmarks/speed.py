@@ -8,7 +8,10 @@ For k training instances drawn with --seed (as the demo draws them) from the pre
 (b) benchmarks/paper_loop.py: our plain reimplementation of the released code's loop structure
     (NOT the released code): per-copy targeted L2 PGD on batches of one, per-example MAS
     importance, the method's loss and a separate evaluation of the whole forget set after every
-    step; every hyperparameter taken from (a)'s resolved ones, so the outcome is comparable
+    step; every hyperparameter taken from (a)'s resolved ones, so the outcome is comparable, except
+    that its attack takes every PGD step for every copy as the released attack does (the early
+    exit of (a)'s default preset is one of unlearnkit's speed-ups; --reference-early-exit gives
+    it to (b) too)
     (--paper-two-passes: forget and anchor batches in two forward passes, as the released code;
     with BatchNorm in training mode, the paper preset, that changes the outcome);
 (c) retraining from scratch without the forget set with the model's own recipe
@@ -183,12 +186,19 @@ def run_paper_loop(
     num_classes: int,
     repeats: int,
     two_forward_passes: bool = False,
+    early_exit: bool = False,
 ) -> dict[str, Any]:
     """(b): the plain reference loop with (a)'s resolved hyperparameters, timed ``repeats`` times
-    (median reported), wall time by ``time.perf_counter`` around the call."""
+    (median reported), wall time by ``time.perf_counter`` around the call.
+
+    ``early_exit=False`` (the default) keeps the released attack's structure: every copy takes
+    every PGD step, whatever (a)'s ``pgd_stop_margin``; ``True`` gives (b) (a)'s early exit too.
+    """
     config = PaperLoopConfig.from_hyperparams(
         hyperparams, input_range=request.input_range, two_forward_passes=two_forward_passes
     )
+    if not early_exit:
+        config = dataclasses.replace(config, pgd_stop_margin=None)
     walls, result = [], None
     for _ in range(repeats):
         started = time.perf_counter()
@@ -449,6 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     b = run_paper_loop(
         model, request, data, hyperparams=a["hyperparams"], seed=args.seed, num_classes=num_classes,
         repeats=args.repeats, two_forward_passes=args.paper_two_passes,
+        early_exit=args.reference_early_exit,
     )
     c = None if args.retrain_epochs == 0 else run_retrain(args.dataset, request.ids, args.retrain_epochs)
     d = attack_throughput(
@@ -511,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--paper-two-passes", action="store_true",
         help="(b) runs the forget and anchor batches through the model separately, as the released code does",
     )
+    parser.add_argument(
+        "--reference-early-exit", action="store_true",
+        help="(b)'s attack stops each copy at (a)'s pgd_stop_margin; by default it takes every step, as released",
+    )
     parser.add_argument("--profile", action="store_true", help="also run (a) under cProfile and report its phases")
     parser.add_argument("-o", "--output", default=None, help="JSON file (default speed_<dataset>_<preset>.json)")
     return parser
@@ -535,7 +550,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"load average {threads['loadavg'][0]:.2f} at the start"
     )
     passes = "two forward passes, as released" if args.paper_two_passes else "one forward pass, as (a)"
-    print(f"{PAPER_LOOP_NOTE}; it uses (a)'s resolved hyperparameters (forget + anchor batch: {passes}).")
+    attack = "(a)'s early exit" if args.reference_early_exit else "every PGD step for every copy, as released"
+    print(
+        f"{PAPER_LOOP_NOTE}; it uses (a)'s resolved hyperparameters (forget + anchor batch: {passes}; "
+        f"attack: {attack})."
+    )
     print(summary_table(report))
     c = report["c_retrain"]
     if c is not None and c["extrapolated"]:

@@ -322,7 +322,7 @@ def test_unlearn_validates_through_forget_request() -> None:
 )
 def test_unlearn_forget_must_be_a_pair(forget: object) -> None:
     with pytest.raises(
-        InvalidRequestError, match=r"forget must be a pair \(inputs, labels\) or a ForgetRequest"
+        InvalidRequestError, match=r"forget must be a pair \(inputs, labels\), \(inputs, None\) or a ForgetRequest"
     ):
         unlearnkit.unlearn(_linear(), forget, method="neggrad")  # type: ignore[arg-type]
 

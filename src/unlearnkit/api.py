@@ -21,7 +21,7 @@ __all__ = ["evaluate", "unlearn"]
 
 def unlearn(
     model: nn.Module,
-    forget: tuple[ArrayLike, ArrayLike] | ForgetRequest,
+    forget: tuple[ArrayLike, ArrayLike | None] | ForgetRequest,
     method: str | UnlearningMethod = "l2ul",
     new_labels: ArrayLike | None = None,
     seed: int = 0,
@@ -43,7 +43,8 @@ def unlearn(
         model: Any ``nn.Module`` mapping a float batch ``(N, ...)`` to logits ``(N, C)``. It is
             not modified (unless ``inplace=True``).
         forget: ``(inputs, labels)`` of the instances to forget (tensors, arrays or lists), or a
-            ready :class:`~unlearnkit.request.ForgetRequest`.
+            ready :class:`~unlearnkit.request.ForgetRequest`. ``(inputs, None)`` when the labels
+            are unknown, for methods that need none (``laf``).
         method: A registered method name (see :func:`list_methods`) or a configured method.
         new_labels: Relabeling mode: the class each instance should be predicted as. ``None``
             (default): misclassification mode.
@@ -90,7 +91,7 @@ def unlearn(
         request = forget
     else:
         if not isinstance(forget, (tuple, list)) or len(forget) != 2:
-            raise InvalidRequestError("forget must be a pair (inputs, labels) or a ForgetRequest")
+            raise InvalidRequestError("forget must be a pair (inputs, labels), (inputs, None) or a ForgetRequest")
         request = ForgetRequest(
             forget[0], forget[1], new_labels, () if ids is None else ids, input_range, goal  # type: ignore[arg-type]
         )

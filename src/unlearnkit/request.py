@@ -71,7 +71,9 @@ class ForgetRequest:
 
     Args:
         inputs: Forget inputs, shape ``(N, *input_shape)``, floats in ``input_range``.
-        labels: Their training labels, shape ``(N,)``, integer class indices.
+        labels: Their training labels, shape ``(N,)``, integer class indices; ``None`` when
+            nobody knows them (a user asks to delete their photos): only methods that declare
+            ``needs_labels = False`` (``laf``) accept such a request, misclassification only.
         new_labels: Relabeling mode: the class each instance should be predicted as, shape
             ``(N,)``, each different from its label. ``None`` (default) means misclassification
             mode: each instance should be predicted as anything but its label.
@@ -85,7 +87,8 @@ class ForgetRequest:
 
     Raises:
         InvalidRequestError: On an empty set, mismatched lengths, non-finite inputs, inputs
-            outside ``input_range``, new labels equal to the old ones, or duplicate ids.
+            outside ``input_range``, new labels equal to the old ones, duplicate ids, or a
+            relabeling or ``unseen`` request without labels.
 
     Example:
         >>> import torch
@@ -99,7 +102,7 @@ class ForgetRequest:
     """
 
     inputs: Tensor
-    labels: Tensor
+    labels: Tensor | None
     new_labels: Tensor | None = None
     ids: tuple[InstanceId, ...] = field(default=())
     input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE
@@ -107,17 +110,25 @@ class ForgetRequest:
 
     def __post_init__(self) -> None:
         inputs = _as_float_tensor(self.inputs)
-        labels = _as_label_tensor(self.labels, "labels")
         n = inputs.shape[0] if inputs.dim() > 0 else 0
         if inputs.dim() < 2 or n == 0:
             raise InvalidRequestError(
                 f"the forget set is empty or has no batch dimension (inputs shape {tuple(inputs.shape)});"
                 " pass inputs shaped (N, ...) with N >= 1"
             )
-        if labels.shape[0] != n:
-            raise InvalidRequestError(f"{n} forget inputs but {labels.shape[0]} labels")
-        if (labels < 0).any():
-            raise InvalidRequestError(f"labels must be non-negative, got {labels.min().item()}")
+        labels = None
+        if self.labels is None:
+            if self.new_labels is not None or self.goal in ("relabel", "unseen"):
+                raise InvalidRequestError(
+                    "a request without labels can only ask for misclassification (relabeling and the "
+                    "'unseen' goal are defined by the training labels)"
+                )
+        else:
+            labels = _as_label_tensor(self.labels, "labels")
+            if labels.shape[0] != n:
+                raise InvalidRequestError(f"{n} forget inputs but {labels.shape[0]} labels")
+            if (labels < 0).any():
+                raise InvalidRequestError(f"labels must be non-negative, got {labels.min().item()}")
         if not torch.isfinite(inputs).all():
             bad = int((~torch.isfinite(inputs.reshape(n, -1))).any(dim=1).sum())
             raise InvalidRequestError(f"{bad} forget input(s) contain NaN or infinite values")
@@ -130,6 +141,7 @@ class ForgetRequest:
                 raise InvalidRequestError(f"{n} forget inputs but {new_labels.shape[0]} new labels")
             if (new_labels < 0).any():
                 raise InvalidRequestError(f"new labels must be non-negative, got {new_labels.min().item()}")
+            assert labels is not None  # checked above: new labels need labels
             same = (new_labels == labels).nonzero().flatten().tolist()
             if same:
                 raise InvalidRequestError(
@@ -198,6 +210,22 @@ class ForgetRequest:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the caller gave the training labels."""
+        return self.labels is not None
+
+    def with_labels(self, labels: Tensor) -> ForgetRequest:
+        """A copy of this request with ``labels`` filled in (e.g. the original model's
+        predictions for an unlabelled request, to measure and check the goal by).
+
+        Example:
+            >>> request = ForgetRequest(torch.rand(2, 4), None)
+            >>> request.has_labels, request.with_labels(torch.tensor([3, 1])).labels.tolist()
+            (False, [3, 1])
+        """
+        return ForgetRequest(self.inputs, labels, self.new_labels, self.ids, self.input_range, self.goal)
+
     def check_classes(self, num_classes: int) -> None:
         """Checks that every label (and new label) is a valid class of a ``num_classes`` model.
 
@@ -219,7 +247,7 @@ class ForgetRequest:
         """A copy of this request with its tensors on ``device`` (inputs cast to ``dtype`` if given)."""
         return ForgetRequest(
             self.inputs.to(device, dtype=dtype),
-            self.labels.to(device),
+            None if self.labels is None else self.labels.to(device),
             None if self.new_labels is None else self.new_labels.to(device),
             self.ids,
             self.input_range,

@@ -138,6 +138,11 @@ class UnlearningMethod(abc.ABC):
         gradient_based: Whether the method changes the model through optimiser steps (``False``
             for closed-form and one-shot methods); wrappers that constrain optimiser steps
             (``gu``) refuse the others.
+        needs_labels: Whether the method reads the forget set's labels. Methods that do not
+            (``laf``) accept requests without labels; for those, the original model's
+            predictions stand in for the labels when the goal is checked and reported (the
+            result's ``details["labels"]`` says ``"predicted_by_original"``), and are never
+            handed to the method as data it may train on.
     """
 
     name: ClassVar[str] = ""
@@ -147,6 +152,7 @@ class UnlearningMethod(abc.ABC):
     supports_unseen: ClassVar[bool] = False
     goal_driven: ClassVar[bool] = True
     gradient_based: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = True
     #: Preset name -> values of the preset-dependent hyperparameters. ``"default"`` is the robust
     #: recipe used when no preset is named; ``"paper"`` reproduces the published recipe.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -262,6 +268,12 @@ class UnlearningMethod(abc.ABC):
         num_classes = logits_before.shape[1]
         if num_classes < 2:
             raise InvalidModelError(f"the model outputs {num_classes} logit(s) per input; a classifier needs at least 2")
+        labels_source = "given"
+        if not request.has_labels:
+            # Only the goal check and the report read these; a label-free method never sees them
+            # as training data (it declared needs_labels = False and must not read them).
+            request = request.with_labels(logits_before.argmax(dim=1))
+            labels_source = "predicted_by_original"
         if not any(p.requires_grad for p in working.parameters()):
             raise InvalidModelError("the model has no trainable parameters (all have requires_grad=False)")
         request.check_classes(num_classes)
@@ -306,6 +318,8 @@ class UnlearningMethod(abc.ABC):
         outcomes, metrics = _instance_outcomes(request, logits_before, logits_after, loss_targets)
         details = dict(run.details)
         details["memory_format"] = memory_format_name(layout)
+        if labels_source != "given":
+            details["labels"] = labels_source
         if target_source is not None:
             details["unseen/target_source"] = target_source
         return UnlearnResult(
@@ -336,6 +350,14 @@ class UnlearningMethod(abc.ABC):
     # -- checks shared by every method ---------------------------------------------------------
 
     def _check_data_contract(self, request: ForgetRequest, retain: RetainData | None) -> None:
+        if not request.has_labels and self.needs_labels:
+            from unlearnkit.methods.registry import list_methods, method_class  # the registry imports this module
+
+            free = [name for name in list_methods() if not method_class(name).needs_labels]
+            raise InvalidRequestError(
+                f"method {self.name!r} needs the forget set's labels, and this request has none; "
+                f"methods that work without labels: {', '.join(free) or 'none registered'}"
+            )
         if request.goal == "relabel" and not self.supports_relabel:
             raise InvalidRequestError(f"method {self.name!r} does not support relabeling requests")
         if request.goal == "unseen" and not self.supports_unseen:
@@ -354,6 +376,8 @@ class UnlearningMethod(abc.ABC):
             inputs, labels = retain
         except (TypeError, ValueError):
             raise DataContractError(f"{what} must be a pair (inputs, labels)") from None
+        if labels is None:
+            raise DataContractError(f"{what} data needs labels: pass ({what}_inputs, {what}_labels)")
         try:
             checked = ForgetRequest(inputs, labels, input_range=None)  # same shape/label/finite checks
             checked.check_classes(num_classes)
