@@ -257,7 +257,8 @@ class UnlearningMethod(abc.ABC):
         check_finite_parameters(model, "the model to unlearn")
         device = resolve_device(device, model)
         layout = preferred_memory_format(model, memory_format)
-        modes = [m.training for m in model.modules()]
+        # By name, not by position: a method may add modules (unmerged adapters wrap layers).
+        modes = {name: m.training for name, m in model.named_modules()}
         working = model if inplace else copy_model(model)
         working.to(device)
         # Inputs follow the model's floating dtype (NumPy hands out float64 by default).
@@ -307,8 +308,9 @@ class UnlearningMethod(abc.ABC):
             with running_in(working, layout):
                 run = self._unlearn(context)
         # Hand the model back in the train/eval modes it came in (per submodule).
-        for module, training in zip(working.modules(), modes):
-            module.train(training)
+        for name, module in working.named_modules():  # parents before children
+            if name in modes:
+                module.train(modes[name])
         try:
             check_finite_parameters(working, "the unlearned model")
         except ValueError as err:
