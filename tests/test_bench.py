@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from unlearnkit.bench import Cell, grid, markdown_table, read_grid, run_grid, summarise_grid
+import unlearnkit.bench as bench_module
+from unlearnkit.bench import Cell, grid, markdown_table, read_grid, run_grid, succeeded, summarise_grid
 from unlearnkit.cli import main
+from unlearnkit.executors import RayExecutor, make_executor
 
 FAST = {"neggrad": {"lr": 0.02, "max_steps": 50}, "finetune": {"epochs": 1}}
 
@@ -26,9 +31,9 @@ def test_run_grid_writes_one_line_per_run_and_resumes(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     cells = grid(["digits"], ["neggrad", "finetune"], [3], ["misclassify", "relabel"], [0])
     counts = run_grid(cells[:2], path, hyperparams=FAST, evidence=False)
-    assert counts == {"run": 2, "skipped": 0}
+    assert counts == {"run": 2, "skipped": 0, "failed": 0}
     counts = run_grid(cells, path, hyperparams=FAST, evidence=False)
-    assert counts == {"run": 2, "skipped": 2}  # the first two are not run again
+    assert counts == {"run": 2, "skipped": 2, "failed": 0}  # the first two are not run again
     records = read_grid(path)
     assert [Cell(**r["cell"]) for r in records] == cells
     statuses = {(r["cell"]["method"], r["cell"]["mode"]): r["run"]["status"] for r in records}
@@ -36,7 +41,7 @@ def test_run_grid_writes_one_line_per_run_and_resumes(tmp_path: Path) -> None:
     assert statuses[("neggrad", "misclassify")] == "converged"
     for r in records:
         assert len(r["request_ids"]) == 3 and len(r["model"]["sha256"]) == 64 and "torch" in r["versions"]
-    assert run_grid(cells, path, hyperparams=FAST, evidence=False) == {"run": 0, "skipped": 4}
+    assert run_grid(cells, path, hyperparams=FAST, evidence=False) == {"run": 0, "skipped": 4, "failed": 0}
 
 
 def test_a_torn_last_line_is_ignored_and_its_cell_runs_again(tmp_path: Path) -> None:
@@ -47,7 +52,7 @@ def test_a_torn_last_line_is_ignored_and_its_cell_runs_again(tmp_path: Path) -> 
     lines = text.splitlines()
     path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write
     assert len(read_grid(path)) == 1
-    assert run_grid(cells, path, hyperparams=FAST, evidence=False) == {"run": 1, "skipped": 1}
+    assert run_grid(cells, path, hyperparams=FAST, evidence=False) == {"run": 1, "skipped": 1, "failed": 0}
     records = read_grid(path)
     assert len(records) == 2 and all(r["run"]["status"] == "converged" for r in records)
     # A broken line in the middle is not a torn write: refuse rather than guess.
@@ -103,3 +108,123 @@ def test_grid_lines_are_strict_json(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     run_grid(grid(["digits"], ["neggrad"], [2], ["misclassify"], [0]), path, hyperparams=FAST, evidence=False)
     json.loads(path.read_text().splitlines()[0], parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+
+
+# acu accepts any non-empty head name when made (run_grid's up-front check passes) and raises
+# InvalidHyperparameterError only when it meets the model: a cell that fails at run time.
+BAD_ACU = {**FAST, "acu": {"head": "nope"}}
+
+
+def test_a_failing_cell_is_a_failed_line_and_a_rerun_retries_it(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    cells = grid(["digits"], ["neggrad", "acu"], [3], ["misclassify"], [0, 1])
+    assert run_grid(cells, path, hyperparams=BAD_ACU, evidence=False) == {"run": 4, "skipped": 0, "failed": 2}
+    records = read_grid(path)
+    assert [Cell(**r["cell"]) for r in records] == cells  # the grid went on past the failures
+    failed = [r for r in records if not succeeded(r)]
+    assert [r["cell"]["method"] for r in failed] == ["acu", "acu"]
+    for r in failed:
+        assert r["status"] == "failed" and "run" not in r and "torch" in r["versions"]
+        assert r["error"]["type"] == "unlearnkit.errors.InvalidHyperparameterError"
+        assert "no module named 'nope'" in r["error"]["message"]
+        assert r["error"]["traceback"].rstrip().endswith(r["error"]["message"])
+    assert all(r["run"]["status"] == "converged" for r in records if r["cell"]["method"] == "neggrad")
+
+    rows = {row["method"]: row for row in summarise_grid(records)}
+    assert (rows["acu"]["runs"], rows["acu"]["failed"], rows["acu"]["Acc(D_test)"]) == (0, 2, None)
+    assert (rows["neggrad"]["runs"], rows["neggrad"]["failed"]) == (2, 0)
+    table = markdown_table(list(rows.values()))
+    assert "| `acu` | 0/0 (2 failed) | - |" in table and "unsupported" not in table
+
+    # Only run lines count as done: the same bad setting retries (and fails) the two acu cells.
+    assert run_grid(cells, path, hyperparams=BAD_ACU, evidence=False) == {"run": 2, "skipped": 2, "failed": 2}
+    assert len(read_grid(path)) == 6
+    assert {r["method"]: r["failed"] for r in summarise_grid(read_grid(path))}["acu"] == 2  # cells, not lines
+    # Fixed, a rerun runs exactly the failed cells; the failed lines stay but no longer count.
+    assert run_grid(cells, path, hyperparams=FAST, evidence=False) == {"run": 2, "skipped": 2, "failed": 0}
+    records = read_grid(path)
+    assert len(records) == 8 and [succeeded(r) for r in records[-2:]] == [True, True]
+    rows = {row["method"]: row for row in summarise_grid(records)}
+    assert (rows["acu"]["runs"], rows["acu"]["failed"]) == (2, 0)
+    assert "| `acu` | 0/2 |" in markdown_table(list(rows.values()))  # acu's fixed schedule: not_converged
+    assert run_grid(cells, path, hyperparams=FAST, evidence=False) == {"run": 0, "skipped": 4, "failed": 0}
+
+
+def test_an_interrupt_stops_the_grid_instead_of_becoming_a_failed_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "g.jsonl"
+    cells = grid(["digits"], ["neggrad"], [3], ["misclassify"], [0, 1])
+    real = bench_module.run_request
+
+    def interrupted_on_seed_1(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["seed"] == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_module, "run_request", interrupted_on_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(cells, path, hyperparams=FAST, evidence=False)
+    (record,) = read_grid(path)  # the finished cell was kept, the interrupted one not recorded
+    assert record["cell"]["seed"] == 0 and succeeded(record)
+
+
+def test_bench_cli_reports_failed_cells_exits_1_and_retries_them(tmp_path: Path) -> None:
+    out = tmp_path / "b.jsonl"
+    args = ["bench", "--methods", "neggrad,acu", "-k", "2", "--seeds", "0", "--set", "neggrad.lr=0.02",
+            "--set", "max_steps=50", "--no-evidence", "--no-progress", "-o", str(out)]
+    first = CliRunner().invoke(main, [*args, "--set", "acu.head=nope"])
+    assert first.exit_code == 1, first.output
+    assert "failed: digits acu k=2 misclassify seed 0: unlearnkit.errors.InvalidHyperparameterError: " in first.output
+    assert "1 cell(s) failed; rerun the same command to retry them" in first.output
+    assert "| `acu` | 0/0 (1 failed) |" in first.output and "2 run(s), 0 already in" in first.output
+    second = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert "1 run(s), 1 already in" in second.output
+    assert "failed:" not in second.output and "(1 failed)" not in second.output and "| `acu` | 0/1 |" in second.output
+
+
+def test_bench_cli_refuses_ray_options_with_the_local_executor(tmp_path: Path) -> None:
+    for extra in (["--address", "auto"], ["--ray-cpus-per-cell", "2"], ["--executor", "local", "--ray-num-cpus", "2"]):
+        result = CliRunner().invoke(main, ["bench", *extra, "-o", str(tmp_path / "b.jsonl")])
+        assert result.exit_code == 2 and "only apply with --executor ray" in result.output, result.output
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--executor", "ray", "--address", "auto", "--ray-num-cpus", "2", "-o", str(tmp_path / "b.jsonl")],
+    )
+    assert result.exit_code == 2 and "--ray-num-cpus" in result.output
+    assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_without_ray_the_ray_executor_names_the_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when it is not installed
+    with pytest.raises(ImportError, match=r'pip install "unlearnkit\[ray\]"'):
+        RayExecutor()
+    with pytest.raises(ImportError, match="unlearnkit"):
+        make_executor("ray", num_cpus=1)
+    out = tmp_path / "b.jsonl"
+    result = CliRunner().invoke(main, ["bench", "--executor", "ray", "--no-evidence", "-o", str(out)])
+    assert result.exit_code == 1 and 'pip install "unlearnkit[ray]"' in result.output
+    assert not out.exists()
+
+
+def test_ray_executor_checks_its_resources() -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    for bad, message in [
+        ({"cpus_per_cell": 0}, "cpus_per_cell"), ({"gpus_per_cell": -1}, "gpus_per_cell"),
+        ({"num_cpus": 2, "address": "auto"}, "num_cpus"), ({"threads_per_cell": 0}, "threads_per_cell"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            RayExecutor(**bad)
+    assert RayExecutor(cpus_per_cell=2.5).threads_per_cell == 2  # one torch thread per whole CPU
+    assert RayExecutor(cpus_per_cell=0.5).threads_per_cell == 1
+    with pytest.raises(ValueError, match="unknown executor"):
+        make_executor("dask")
+
+
+def test_importing_unlearnkit_does_not_import_ray() -> None:
+    code = "import sys, unlearnkit, unlearnkit.bench, unlearnkit.executors, unlearnkit.cli; print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert result.stdout.strip() == "False"

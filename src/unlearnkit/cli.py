@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from unlearnkit import __version__
-from unlearnkit.bench import grid, markdown_table, read_grid, run_grid, summarise_grid
+from unlearnkit.bench import grid, markdown_table, read_grid, run_grid, succeeded, summarise_grid
 from unlearnkit.demo import DEFAULT_DEMO_METHODS, demo_tables, run_demo
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.executors import make_executor
 from unlearnkit.methods.registry import list_methods, method_class
 from unlearnkit.report.continual_html import write_continual_report
 from unlearnkit.report.html import ResultsFormatError, load_results, write_report
@@ -317,14 +318,41 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--evidence/--no-evidence", default=True, show_default=True, help="Gather MIA, gap to retrain and the rest per run.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Model cache directory.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@click.option(
+    "--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help='Where the cells run: one after another in this process, or as parallel Ray tasks '
+    '(needs pip install "unlearnkit[ray]"). Either way this process alone writes the output.',
+)
+@click.option(
+    "--address", default=None,
+    help="Ray: the cluster to connect to (ray.init(address=...)), e.g. auto or ray://HOST:10001; "
+    "the model cache directory must then be one every node reads. Default: start a local Ray "
+    "instance for this run and stop it at the end.",
+)
+@click.option(
+    "--ray-num-cpus", type=click.IntRange(min=1), default=None,
+    help="Ray: CPUs of the local instance (default: all of this machine's); not with --address.",
+)
+@click.option(
+    "--ray-cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    help="Ray: CPUs each cell reserves; also its torch threads (at least 1).",
+)
+@click.option("--ray-gpus-per-cell", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Ray: GPUs each cell reserves.")
 def bench(
     datasets: str, method_spec: str, ks: str, modes: str, seeds: str, settings: tuple[str, ...], output: Path,
-    markdown: Path | None, evidence: bool, cache_dir: Path | None, progress: bool | None,
+    markdown: Path | None, evidence: bool, cache_dir: Path | None, progress: bool | None, executor: str,
+    address: str | None, ray_num_cpus: int | None, ray_cpus_per_cell: float, ray_gpus_per_cell: float,
 ) -> None:
     """Run a benchmark grid (data set x method x k x mode x seed), one JSONL line per run.
 
-    Resumable: a rerun with the same output skips every cell already written. Prints means and
-    standard deviations over seeds and, with --markdown, writes them as Markdown tables.
+    Resumable: a rerun with the same output skips every cell already run. A cell that raises is
+    written as a failed line and the grid goes on; a rerun retries the failed cells, and the
+    command exits with status 1 while some remain. Prints means and standard deviations over
+    seeds and, with --markdown, writes them as Markdown tables.
+
+    With --executor ray each cell is a Ray task reserving --ray-cpus-per-cell CPUs and
+    --ray-gpus-per-cell GPUs; lines are appended as tasks finish, so their order differs from
+    a local run, not their content (timings aside).
     """
     chosen = list_methods() if method_spec.strip() == "all" else [m.strip() for m in method_spec.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in list_methods()]
@@ -340,10 +368,32 @@ def bench(
         raise click.BadParameter(f"unknown mode(s) {bad}; known: misclassify, relabel, unseen", param_hint="--modes")
     cells = grid(names, chosen, _int_list(ks, "-k"), mode_list, parse_seeds(seeds))
     show = sys.stderr.isatty() if progress is None else progress
+    ray_options = {"--address": address, "--ray-num-cpus": ray_num_cpus}
+    context = click.get_current_context()
+    for name in ("ray_cpus_per_cell", "ray_gpus_per_cell"):
+        if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            ray_options["--" + name.replace("_", "-")] = True
+    if executor == "local":
+        given = [option for option, value in ray_options.items() if value is not None]
+        if given:
+            raise click.BadParameter(f"{', '.join(given)} only apply with --executor ray", param_hint="--executor")
+        runner = make_executor("local")
+    else:
+        if address is not None and ray_num_cpus is not None:
+            raise click.BadParameter(
+                "sizes a local Ray instance; a cluster at --address has its own", param_hint="--ray-num-cpus"
+            )
+        try:
+            runner = make_executor(
+                "ray", address=address, num_cpus=ray_num_cpus, cpus_per_cell=ray_cpus_per_cell,
+                gpus_per_cell=ray_gpus_per_cell,
+            )
+        except ImportError as err:
+            raise click.ClickException(str(err)) from err
     with cli_errors(output, values=True):
         counts = run_grid(
             cells, output, hyperparams=parse_settings(settings, chosen), evidence=evidence,
-            cache_directory=cache_dir, progress=show,
+            cache_directory=cache_dir, progress=show, executor=runner,
         )
         keys = {c.key for c in cells}
         records = [r for r in read_grid(output) if json.dumps(r["cell"], sort_keys=True) in keys]
@@ -351,7 +401,20 @@ def bench(
         click.echo(table)
         if markdown is not None:
             write_atomic(markdown, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
+    done = {json.dumps(r["cell"], sort_keys=True) for r in records if succeeded(r)}
+    failures = {json.dumps(r["cell"], sort_keys=True): r for r in records if not succeeded(r)}  # the last per cell
+    failing = [r for key, r in failures.items() if key not in done]
     click.echo(f"{counts['run']} run(s), {counts['skipped']} already in {output}")
+    if failing:
+        for record in failing[:10]:
+            cell, error = record["cell"], record["error"]
+            click.echo(
+                f"failed: {cell['dataset']} {cell['method']} k={cell['k']} {cell['mode']} seed {cell['seed']}: "
+                f"{error['type']}: {error['message']}",
+                err=True,
+            )
+        more = f" ({len(failing) - 10} more in {output})" if len(failing) > 10 else ""
+        raise click.ClickException(f"{len(failing)} cell(s) failed{more}; rerun the same command to retry them")
 
 
 @main.command()

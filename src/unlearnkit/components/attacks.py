@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearnkit.components import distributed
 from unlearnkit.components.stopping import label_margin
 from unlearnkit.utils.modules import eval_mode, predict_logits
 from unlearnkit.utils.precision import autocast_context, resolve_precision
@@ -81,6 +82,7 @@ def targeted_pgd(
     batch_size: int | None = None,
     stop_margin: float | None = None,
     precision: str = "fp32",
+    data_parallel: bool = False,
 ) -> Tensor:
     """Targeted PGD: moves each input toward being classified as its target class.
 
@@ -113,6 +115,12 @@ def targeted_pgd(
             :func:`~unlearnkit.utils.precision.resolve_precision`). The returned inputs are
             fp32 either way; callers that need to know whether a target was reached check
             it again in full precision (as :func:`calibrated_targeted_pgd` does).
+        data_parallel: Under a ``torch.distributed`` process group, every rank draws the
+            random starts of all inputs (so the generator advances as in one process), attacks
+            its contiguous share of them and receives the others' results: every rank returns
+            all adversarial inputs, those one process computes (each input's steps depend only
+            on itself; the kernels' rounding may differ with the batch size). Without a
+            process group it changes nothing.
 
     Returns:
         Adversarial inputs, same shape and device as ``inputs``, detached.
@@ -130,7 +138,7 @@ def targeted_pgd(
     return _pgd(
         model, inputs, targets, -1.0, eps=eps, steps=steps, step_size=step_size, norm=norm,
         random_start=random_start, input_range=input_range, generator=generator, batch_size=batch_size,
-        stop_margin=stop_margin, precision=resolve_precision(inputs.device, precision),
+        stop_margin=stop_margin, precision=resolve_precision(inputs.device, precision), data_parallel=data_parallel,
     )
 
 
@@ -150,12 +158,14 @@ def _pgd(
     batch_size: int | None,
     stop_margin: float | None = None,
     precision: str = "fp32",
+    data_parallel: bool = False,
 ) -> Tensor:
     """PGD on the cross-entropy toward ``classes``: ``sign=-1`` descends it (targeted),
     ``sign=+1`` ascends it (untargeted). Shared set-up: radius and step per example, random
     start drawn up front, model in eval mode without parameter gradients, chunking.
     ``stop_margin`` (targeted only): examples whose ``classes`` logit leads by more than it
-    stop moving and leave the batch."""
+    stop moving and leave the batch. ``data_parallel``: each rank attacks its share of the
+    inputs (starts drawn for all of them first) and the shares are gathered."""
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
     if steps < 0:
@@ -174,6 +184,10 @@ def _pgd(
     if input_range is not None:
         x = x.clamp(*input_range)
     chunk = n if batch_size is None else max(1, batch_size)
+    # Under a process group each rank attacks only its rows [first, last); the starts above were
+    # drawn for every row on every rank, so the generator and the starts are as in one process.
+    sharded = data_parallel and distributed.is_distributed()
+    first, last = distributed.shard_bounds(n, distributed.rank(), distributed.world_size()) if sharded else (0, n)
     grad_state = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in grad_state:
@@ -184,12 +198,14 @@ def _pgd(
                     model, clean[sl], x[sl], classes[sl], eps_t[sl], step_t[sl], steps, norm, input_range, sign,
                     stop_margin,
                 )
-                for sl in (slice(i, i + chunk) for i in range(0, n, chunk))
+                for sl in (slice(i, min(i + chunk, last)) for i in range(first, last, chunk))
             ]
     finally:
         for p, flag in grad_state:
             p.requires_grad_(flag)
-    adversarial = torch.cat(pieces) if pieces else x.detach()
+    adversarial = torch.cat(pieces) if pieces else x[first:last].detach()
+    if sharded:
+        adversarial = distributed.gather_rows(adversarial, n)
     return adversarial.to(inputs.dtype)
 
 

@@ -10,6 +10,7 @@ from unlearnkit.methods.base import FROM_PRESET, MethodRun, UnlearnContext, Unle
 from unlearnkit.methods.blindspot import Blindspot
 from unlearnkit.methods.boundary_shrink import BoundaryShrink
 from unlearnkit.methods.finetune import FineTune
+from unlearnkit.methods.gs_lora import GSLoRA
 from unlearnkit.methods.gu import GeometricUnlearning
 from unlearnkit.methods.iau import IAU
 from unlearnkit.methods.l1_sparse import L1Sparse
@@ -33,6 +34,7 @@ __all__ = [
     "FineTune",
     "ForgetObjectiveMethod",
     "GeometricUnlearning",
+    "GSLoRA",
     "IAU",
     "L1Sparse",
     "L2UL",

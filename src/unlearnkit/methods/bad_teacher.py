@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearnkit.components.batching import shuffled_batches
+from unlearnkit.components.distributed import sharded_mean
 from unlearnkit.components.loop import take_step
 from unlearnkit.components.losses import distillation_loss
 from unlearnkit.components.optim import make_optimizer
@@ -201,7 +202,8 @@ class BadTeacher(UnlearningMethod):
         last: float | None = None
         for _ in range(self.epochs):
             for idx in shuffled_batches(inputs.shape[0], self.batch_size, context.generator):
-                last = take_step(student, optimizer, partial(loss_fn, idx), nn.Module.train, steps + 1)
+                # Under torchrun each rank takes its share of the batch (sharded_mean).
+                last = take_step(student, optimizer, partial(sharded_mean, idx, loss_fn), nn.Module.train, steps + 1)
                 steps += 1
         return MethodRun(
             steps, self.epochs, context.goal_holds(), "fixed_schedule",

@@ -229,7 +229,7 @@ class L2ULAdv(ForgetObjectiveMethod):
             model, inputs, targets, eps=self.attack_eps(request.input_shape), rounds=self.pgd_rounds,
             steps=self.pgd_steps, step_size=self.pgd_step_size, norm=self.pgd_norm,  # type: ignore[arg-type]
             input_range=request.input_range, generator=generator, stop_margin=self.pgd_stop_margin,
-            precision=self.attack_precision,
+            precision=self.attack_precision, data_parallel=True,  # under torchrun: ranks share the copies
         )
         keep = attack.reached if self.drop_unreached else torch.ones_like(attack.reached)
         anchor_inputs, anchor_labels = [attack.adversarial[keep]], [targets[keep]]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearnkit.components.batching import cycled_batches, shuffled_batches
+from unlearnkit.components.distributed import sharded_mean
 from unlearnkit.components.loop import optimise_until
 from unlearnkit.errors import InvalidHyperparameterError
 from unlearnkit.methods.ascent import ForgetObjectiveMethod
@@ -77,7 +78,9 @@ class NegGradPlus(ForgetObjectiveMethod):
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             r = next(retain_batches)
-            retain_term = F.cross_entropy(model(xr[r]), yr[r])
+            # Under torchrun each rank takes its share of the retain batch (the forget term is
+            # computed in full on every rank: the forget set is small).
+            retain_term = sharded_mean(r, lambda rows: F.cross_entropy(model(xr[rows]), yr[rows]))
             if self.alpha == 1:
                 return retain_term  # no forget term at all (0 * an unbounded loss could be NaN)
             forget_term = self.forget_term(

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearnkit.components.batching import cycled_batches, random_other_classes, shuffled_batches
+from unlearnkit.components.distributed import sharded_mean
 from unlearnkit.components.loop import optimise_until
 from unlearnkit.components.optim import make_optimizer
 from unlearnkit.components.stopping import StopRule
@@ -140,7 +141,9 @@ class RandomLabel(UnlearningMethod):
             loss = F.cross_entropy(model(x[idx]), targets)
             if self.retain_weight > 0:
                 r = next(retain_batches)
-                loss = loss + self.retain_weight * F.cross_entropy(model(xr[r]), yr[r])
+                # Under torchrun each rank takes its share of the retain batch.
+                retain_term = sharded_mean(r, lambda rows: F.cross_entropy(model(xr[rows]), yr[rows]))
+                loss = loss + self.retain_weight * retain_term
             return loss
 
         params = [p for p in model.parameters() if p.requires_grad]

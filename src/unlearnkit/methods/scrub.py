@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearnkit.components.batching import shuffled_batches
+from unlearnkit.components.distributed import sharded_mean
 from unlearnkit.components.loop import take_step
 from unlearnkit.components.losses import distillation_loss
 from unlearnkit.components.optim import make_optimizer
@@ -212,7 +213,8 @@ class Scrub(UnlearningMethod):
                     value = take_step(student, optimizer, partial(max_loss, idx), nn.Module.train, steps + 1)
                     steps, max_steps, last_kl = steps + 1, max_steps + 1, -value
             for idx in shuffled_batches(xr.shape[0], self.retain_batch_size, context.generator):
-                last_min = take_step(student, optimizer, partial(min_loss, idx), nn.Module.train, steps + 1)
+                # Under torchrun each rank takes its share of the retain batch (sharded_mean).
+                last_min = take_step(student, optimizer, partial(sharded_mean, idx, min_loss), nn.Module.train, steps + 1)
                 steps, min_steps = steps + 1, min_steps + 1
             schedule.step()
         return MethodRun(
