@@ -87,6 +87,17 @@ def test_bench_cli_resumes_and_writes_markdown(tmp_path: Path) -> None:
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_bench_cli_writes_plots_and_links_them_from_the_markdown(tmp_path: Path) -> None:
+    out, md, plots = tmp_path / "b.jsonl", tmp_path / "docs" / "b.md", tmp_path / "docs" / "plots"
+    args = ["bench", "--methods", "neggrad", "-k", "2", "--seeds", "0", "--set", "lr=0.02", "--set", "max_steps=50",
+            "--no-evidence", "--no-progress", "-o", str(out), "--markdown", str(md), "--plots", str(plots)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "1 plot(s) written" in result.output  # no evidence: no gap, so only the time view
+    assert (plots / "digits-misclassify-k2-time.svg").read_text(encoding="utf-8").startswith("<svg xmlns=")
+    assert "](plots/digits-misclassify-k2-time.svg)" in md.read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

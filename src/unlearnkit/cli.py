@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from unlearnkit.demo import DEFAULT_DEMO_METHODS, demo_tables, run_demo
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.executors import make_executor
 from unlearnkit.methods.registry import list_methods, method_class
+from unlearnkit.report.bench_plots import grid_plots, markdown_figures, write_grid_plots
 from unlearnkit.report.continual_html import write_continual_report
 from unlearnkit.report.html import ResultsFormatError, load_results, write_report
 from unlearnkit.models.pretrained import load_pretrained
@@ -338,10 +340,16 @@ def _int_list(text: str, what: str) -> list[int]:
     help="Ray: CPUs each cell reserves; also its torch threads (at least 1).",
 )
 @click.option("--ray-gpus-per-cell", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Ray: GPUs each cell reserves.")
+@click.option(
+    "--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Also write SVG plots of the summary here (Acc(D_test) against time and against the gap to "
+    "retraining); with --markdown, the tables link them.",
+)
 def bench(
     datasets: str, method_spec: str, ks: str, modes: str, seeds: str, settings: tuple[str, ...], output: Path,
     markdown: Path | None, evidence: bool, cache_dir: Path | None, progress: bool | None, executor: str,
     address: str | None, ray_num_cpus: int | None, ray_cpus_per_cell: float, ray_gpus_per_cell: float,
+    plots: Path | None,
 ) -> None:
     """Run a benchmark grid (data set x method x k x mode x seed), one JSONL line per run.
 
@@ -397,8 +405,15 @@ def bench(
         )
         keys = {c.key for c in cells}
         records = [r for r in read_grid(output) if json.dumps(r["cell"], sort_keys=True) in keys]
-        table = markdown_table(summarise_grid(records))
+        rows = summarise_grid(records)
+        table = markdown_table(rows)
         click.echo(table)
+        if plots is not None:
+            written = write_grid_plots(rows, plots)
+            click.echo(f"{len(written)} plot(s) written to {plots}")
+            if markdown is not None:
+                folder = Path(os.path.relpath(plots.resolve(), markdown.resolve().parent)).as_posix()
+                table += "\n" + markdown_figures(grid_plots(rows), relative_to=f"{folder}/")
         if markdown is not None:
             write_atomic(markdown, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
     done = {json.dumps(r["cell"], sort_keys=True) for r in records if succeeded(r)}
