@@ -318,7 +318,7 @@ def test_acu_error_paths(
         unlearnkit.unlearn(trained_cnn, forget, method="acu", retain=retain, head="head.0")
     torch.manual_seed(0)
     no_linear = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
-    with pytest.raises(InvalidModelError, match="has none"):
+    with pytest.raises(InvalidModelError, match="has no nn.Linear"):
         unlearnkit.unlearn(no_linear, forget, method="acu", retain=retain)
     with pytest.raises(InvalidHyperparameterError, match="gamma must be > 0"):
         unlearnkit.create_method("acu", gamma=0.0)

@@ -15,6 +15,7 @@ from unlearnkit.methods.gu import GeometricUnlearning
 from unlearnkit.methods.iau import IAU
 from unlearnkit.methods.l1_sparse import L1Sparse
 from unlearnkit.methods.l2ul import L2UL, L2ULAdv
+from unlearnkit.methods.laf import LAF
 from unlearnkit.methods.neggrad import NegGrad
 from unlearnkit.methods.neggrad_plus import NegGradPlus
 from unlearnkit.methods.neggrad_regularized import NegGradEWC, NegGradL2, NegGradMAS, RegularizedNegGrad
@@ -39,6 +40,7 @@ __all__ = [
     "L1Sparse",
     "L2UL",
     "L2ULAdv",
+    "LAF",
     "METHODS",
     "MethodRun",
     "NegGrad",

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearnkit.components.penultimate import resolve_head
 from unlearnkit.components.ridge import ridge_fit, ridge_remove
 from unlearnkit.errors import DataContractError, InvalidHyperparameterError, InvalidModelError, InvalidRequestError
 from unlearnkit.methods.base import (
@@ -28,35 +29,6 @@ META_BUFFER = "acu_memory_meta"
 DEFAULT_GAMMA = 1.0
 #: Inputs per forward pass when reading features.
 _FEATURE_BATCH = 1024
-
-
-def resolve_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linear]:
-    """The classifier head: the ``nn.Linear`` named ``head``, or the model's last ``nn.Linear``
-    (in module registration order) when ``head`` is ``None``.
-
-    Raises:
-        InvalidHyperparameterError: If no module has that name, or it is not an ``nn.Linear``.
-        InvalidModelError: If ``head`` is ``None`` and the model has no ``nn.Linear``.
-
-    Example:
-        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-        >>> resolve_head(model)[0]
-        '2'
-    """
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if head is None:
-        if not linears:
-            raise InvalidModelError("acu needs a model whose logits come from an nn.Linear head; it has none")
-        return linears[-1]
-    modules = dict(model.named_modules())
-    if head not in modules:
-        raise InvalidHyperparameterError(
-            f"the model has no module named {head!r}; its nn.Linear modules: {[n for n, _ in linears]}"
-        )
-    module = modules[head]
-    if not isinstance(module, nn.Linear):
-        raise InvalidHyperparameterError(f"head {head!r} is a {type(module).__name__}, not an nn.Linear")
-    return head, module
 
 
 def head_features(model: nn.Module, inputs: Tensor, *, head: str | None = None) -> Tensor:
