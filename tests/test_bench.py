@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import unlearnkit.bench as bench_module
-from unlearnkit.bench import Cell, grid, markdown_table, read_grid, run_grid, succeeded, summarise_grid
+from unlearnkit.bench import Cell, cell_key, grid, markdown_table, read_grid, run_grid, succeeded, summarise_grid
 from unlearnkit.cli import main
 from unlearnkit.executors import RayExecutor, make_executor
 
@@ -85,6 +85,27 @@ def test_bench_cli_resumes_and_writes_markdown(tmp_path: Path) -> None:
     second = CliRunner().invoke(main, args, catch_exceptions=False)
     assert "0 run(s), 2 already in" in second.output
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_the_forget_set_axis_keeps_old_lines_and_runs_the_worst_set(tmp_path: Path) -> None:
+    cells = grid(["digits"], ["neggrad"], [4], ["misclassify"], [0], ["random", "worst"])
+    assert [c.forget_set for c in cells] == ["random", "worst"]
+    old_line_cell = {"dataset": "digits", "method": "neggrad", "k": 4, "mode": "misclassify", "seed": 0}
+    assert cell_key(old_line_cell) == cells[0].key  # lines from before the axis still count as done
+    assert cells[1].key != cells[0].key
+    out, md = tmp_path / "b.jsonl", tmp_path / "b.md"
+    args = ["bench", "--methods", "neggrad", "-k", "4", "--seeds", "0", "--forget-sets", "random,worst",
+            "--set", "lr=0.02", "--set", "max_steps=50", "--no-evidence", "--no-progress", "-o", str(out),
+            "--markdown", str(md), "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = read_grid(out)
+    assert [line["cell"].get("forget_set") for line in lines] == [None, "worst"]
+    assert lines[0]["request_ids"] != lines[1]["request_ids"]
+    text = md.read_text(encoding="utf-8")
+    assert "### digits, misclassify, k = 4\n" in text and "### digits, misclassify, k = 4, worst forget set" in text
+    bad = CliRunner().invoke(main, ["bench", "--forget-sets", "hardest", "-o", str(tmp_path / "x.jsonl")])
+    assert bad.exit_code == 2 and "unknown forget set" in bad.output
 
 
 def test_bench_cli_writes_plots_and_links_them_from_the_markdown(tmp_path: Path) -> None:

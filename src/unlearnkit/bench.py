@@ -76,6 +76,8 @@ class Cell:
         k: Forget instances.
         mode: ``misclassify``, ``relabel`` or ``unseen``.
         seed: Seed of the request and the run.
+        forget_set: How the forget set is drawn: ``random`` (default), ``worst``, ``easiest``
+            or ``one-class`` (see :func:`~unlearnkit.demo.draw_request`).
     """
 
     dataset: str
@@ -83,15 +85,35 @@ class Cell:
     k: int
     mode: str
     seed: int
+    forget_set: str = "random"
 
     @property
     def key(self) -> str:
-        """The cell's identity in the JSONL file."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The cell's identity in the JSONL file (see :func:`cell_key`); its lines hold these fields."""
+        return cell_key(asdict(self))
+
+
+def cell_key(cell: Mapping[str, Any]) -> str:
+    """The identity of a line's cell: its fields as sorted JSON, with the default random forget
+    set left out, so that lines written before the forget-set axis existed keep their identity.
+
+    Example:
+        >>> cell_key({"dataset": "digits", "seed": 0, "forget_set": "random"})
+        '{"dataset": "digits", "seed": 0}'
+    """
+    fields = dict(cell)
+    if fields.get("forget_set", "random") == "random":
+        fields.pop("forget_set", None)
+    return json.dumps(fields, sort_keys=True)
 
 
 def grid(
-    datasets: Sequence[str], methods: Sequence[str], ks: Sequence[int], modes: Sequence[str], seeds: Sequence[int]
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    ks: Sequence[int],
+    modes: Sequence[str],
+    seeds: Sequence[int],
+    forget_sets: Sequence[str] = ("random",),
 ) -> list[Cell]:
     """Every combination, ordered so that runs sharing a request (data set, k, mode, seed) are
     adjacent and its retrained reference is trained once.
@@ -101,8 +123,8 @@ def grid(
         ['a', 'b']
     """
     return [
-        Cell(d, m, k, mode, s)
-        for d, k, mode, s, m in itertools.product(datasets, ks, modes, seeds, methods)
+        Cell(d, m, k, mode, s, f)
+        for d, f, k, mode, s, m in itertools.product(datasets, forget_sets, ks, modes, seeds, methods)
     ]
 
 
@@ -159,7 +181,7 @@ def succeeded(record: Mapping[str, Any]) -> bool:
 
 
 def _cell_key(record: Mapping[str, Any]) -> str:
-    return json.dumps(record["cell"], sort_keys=True)
+    return cell_key(record["cell"])
 
 
 @dataclass(frozen=True)
@@ -198,7 +220,7 @@ def failed_line(cell: Cell, error: BaseException, versions: Mapping[str, str]) -
     trace = "".join(traceback.format_exception(kind, error, error.__traceback__))
     return {
         "schema_version": GRID_SCHEMA_VERSION,
-        "cell": asdict(cell),
+        "cell": json.loads(cell.key),
         "status": FAILED,
         "error": {"type": name, "message": str(error), "traceback": trace[-TRACEBACK_CHARS:]},
         "versions": dict(versions),
@@ -225,7 +247,7 @@ class CellRunner:
         self.threads = threads
         self.progress = progress
         self._models: dict[str, DefaultModel] = {}
-        self._request: tuple[tuple[str, int, str, int], Any] | None = None
+        self._request: tuple[tuple[str, int, str, int, str], Any] | None = None
         self._versions: dict[str, str] | None = None
 
     @property
@@ -260,10 +282,13 @@ class CellRunner:
             )
         default = self._models[cell.dataset]
         data: DataSplit = default.data
-        request_key = (cell.dataset, cell.k, cell.mode, cell.seed)
+        request_key = (cell.dataset, cell.k, cell.mode, cell.seed, cell.forget_set)
         if self._request is None or self._request[0] != request_key:
             self._request = None  # keep one request (and its retrained reference) in memory
-            request, keep = draw_request(data, cell.k, cell.seed, cell.mode)  # type: ignore[arg-type]
+            request, keep = draw_request(
+                data, cell.k, cell.seed, cell.mode, forget_set=cell.forget_set, model=default.model,  # type: ignore[arg-type]
+                cache_dir=settings.cache_directory,
+            )
             splits = {"retain": (data.x_train[keep], data.y_train[keep]), "test": (data.x_test, data.y_test)}
             gather, retrained = None, None
             if settings.evidence:
@@ -286,7 +311,7 @@ class CellRunner:
             )
         return {
             "schema_version": GRID_SCHEMA_VERSION,
-            "cell": asdict(cell),
+            "cell": json.loads(cell.key),
             "model": {"sha256": default.sha256, "test_accuracy": default.test_accuracy},
             "request_ids": list(request.ids),
             "retrained": retrained,
@@ -381,30 +406,47 @@ def summarise_grid(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
     """
     records = list(records)
     done = {_cell_key(r) for r in records if succeeded(r)}
-    groups: dict[tuple[str, str, int, str], list[Mapping[str, Any]]] = {}
-    failing: dict[tuple[str, str, int, str], set[str]] = {}
+    groups: dict[tuple[str, str, int, str, str], list[Mapping[str, Any]]] = {}
+    failing: dict[tuple[str, str, int, str, str], set[str]] = {}
     for record in records:
         c = record["cell"]
-        key = (c["dataset"], c["mode"], c["k"], c["method"])
+        key = (c["dataset"], c["mode"], c["k"], c.get("forget_set", "random"), c["method"])
         group = groups.setdefault(key, [])
         if succeeded(record):
             group.append(record)
         elif _cell_key(record) not in done:
             failing.setdefault(key, set()).add(_cell_key(record))  # a set: retried and failed again is one cell
     rows = []
-    for (dataset, mode, k, method), group in sorted(groups.items()):
+    for (dataset, mode, k, forget_set, method), group in sorted(groups.items()):
         row: dict[str, Any] = {
-            "dataset": dataset, "mode": mode, "k": k, "method": method, "runs": len(group),
+            "dataset": dataset, "mode": mode, "k": k, "forget_set": forget_set, "method": method, "runs": len(group),
             "converged": sum(r["run"]["status"] == "converged" for r in group),
             "diverged": sum(r["run"]["status"] == "diverged" for r in group),
             "unsupported": sum(r["run"]["status"] == "unsupported" for r in group),
-            "failed": len(failing.get((dataset, mode, k, method), ())),
+            "failed": len(failing.get((dataset, mode, k, forget_set, method), ())),
         }
         for name, get in FIGURES.items():
             values = [v for v in (get(r) for r in group if r["run"]["status"] not in ("diverged", "unsupported")) if v is not None]
             row[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
         rows.append(row)
     return rows
+
+
+def summary_group(row: Mapping[str, Any]) -> tuple[str, str, int, str]:
+    """The table a summary row belongs to: (data set, mode, k, forget set)."""
+    return row["dataset"], row["mode"], row["k"], row.get("forget_set", "random")
+
+
+def group_title(dataset: str, mode: str, k: int, forget_set: str = "random") -> str:
+    """A table's title, e.g. ``mnist, misclassify, k = 16`` (plus the forget set when it is not
+    random: ``..., worst forget set``).
+
+    Example:
+        >>> group_title("digits", "misclassify", 16, "worst")
+        'digits, misclassify, k = 16, worst forget set'
+    """
+    title = f"{dataset}, {mode}, k = {k}"
+    return title if forget_set == "random" else f"{title}, {forget_set} forget set"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -414,10 +456,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     cells if any (e.g. ``2/3 (1 diverged, 1 failed)``).
     """
     blocks = []
-    for (dataset, mode, k), group in itertools.groupby(rows, key=lambda r: (r["dataset"], r["mode"], r["k"])):
+    for (dataset, mode, k, forget_set), group in itertools.groupby(rows, key=summary_group):
         group = list(group)
         headers = ["method", "converged", *FIGURES]
-        lines = [f"### {dataset}, {mode}, k = {k}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines = [f"### {group_title(dataset, mode, k, forget_set)}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for row in group:
             notes = [f"{row[what]} {what}" for what in ("diverged", "failed") if row.get(what)]
             cells = [f"`{row['method']}`", f"{row['converged']}/{row['runs']}" + (f" ({', '.join(notes)})" if notes else "")]

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from unlearnkit import __version__
-from unlearnkit.bench import grid, markdown_table, read_grid, run_grid, succeeded, summarise_grid
+from unlearnkit.bench import cell_key, grid, markdown_table, read_grid, run_grid, succeeded, summarise_grid
 from unlearnkit.demo import DEFAULT_DEMO_METHODS, demo_tables, run_demo
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.executors import make_executor
@@ -24,6 +24,7 @@ from unlearnkit.report.html import ResultsFormatError, load_results, write_repor
 from unlearnkit.models.pretrained import load_pretrained
 from unlearnkit.report.table import format_table
 from unlearnkit.scenarios.continual import draw_sequence, relapse_table, run_sequence
+from unlearnkit.scenarios.forget_sets import FORGET_SET_KINDS
 from unlearnkit.utils.io import write_atomic, write_json_atomic
 from unlearnkit.utils.versions import environment_versions
 
@@ -314,6 +315,10 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("-k", "--k", "ks", default="16", show_default=True, help="Comma-separated forget-set sizes, e.g. 1,16,64,128.")
 @click.option("--modes", default="misclassify", show_default=True, help="Comma-separated: misclassify, relabel, unseen.")
 @click.option("--seeds", default="0", show_default=True, help="Seeds: 0, 0-2 or 0,2,5.")
+@click.option(
+    "--forget-sets", default="random", show_default=True,
+    help="Comma-separated: random, worst (hardest to erase, searched per model and seed, cached), easiest, one-class.",
+)
 @click.option("--set", "settings", multiple=True, metavar="[METHOD.]NAME=VALUE", help="Override a hyperparameter (repeatable).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("unlearnkit-bench.jsonl"), show_default=True, help="The JSONL file; a rerun skips the cells already in it.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the summary tables as Markdown.")
@@ -346,7 +351,8 @@ def _int_list(text: str, what: str) -> list[int]:
     "retraining); with --markdown, the tables link them.",
 )
 def bench(
-    datasets: str, method_spec: str, ks: str, modes: str, seeds: str, settings: tuple[str, ...], output: Path,
+    datasets: str, method_spec: str, ks: str, modes: str, seeds: str, forget_sets: str, settings: tuple[str, ...],
+    output: Path,
     markdown: Path | None, evidence: bool, cache_dir: Path | None, progress: bool | None, executor: str,
     address: str | None, ray_num_cpus: int | None, ray_cpus_per_cell: float, ray_gpus_per_cell: float,
     plots: Path | None,
@@ -374,7 +380,13 @@ def bench(
     bad = [m for m in mode_list if m not in ("misclassify", "relabel", "unseen")]
     if bad or not mode_list:
         raise click.BadParameter(f"unknown mode(s) {bad}; known: misclassify, relabel, unseen", param_hint="--modes")
-    cells = grid(names, chosen, _int_list(ks, "-k"), mode_list, parse_seeds(seeds))
+    set_list = [f.strip() for f in forget_sets.split(",") if f.strip()]
+    bad = [f for f in set_list if f not in FORGET_SET_KINDS]
+    if bad or not set_list:
+        raise click.BadParameter(
+            f"unknown forget set(s) {bad}; known: {', '.join(FORGET_SET_KINDS)}", param_hint="--forget-sets"
+        )
+    cells = grid(names, chosen, _int_list(ks, "-k"), mode_list, parse_seeds(seeds), set_list)
     show = sys.stderr.isatty() if progress is None else progress
     ray_options = {"--address": address, "--ray-num-cpus": ray_num_cpus}
     context = click.get_current_context()
@@ -404,7 +416,7 @@ def bench(
             cache_directory=cache_dir, progress=show, executor=runner,
         )
         keys = {c.key for c in cells}
-        records = [r for r in read_grid(output) if json.dumps(r["cell"], sort_keys=True) in keys]
+        records = [r for r in read_grid(output) if cell_key(r["cell"]) in keys]
         rows = summarise_grid(records)
         table = markdown_table(rows)
         click.echo(table)
@@ -416,8 +428,8 @@ def bench(
                 table += "\n" + markdown_figures(grid_plots(rows), relative_to=f"{folder}/")
         if markdown is not None:
             write_atomic(markdown, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
-    done = {json.dumps(r["cell"], sort_keys=True) for r in records if succeeded(r)}
-    failures = {json.dumps(r["cell"], sort_keys=True): r for r in records if not succeeded(r)}  # the last per cell
+    done = {cell_key(r["cell"]) for r in records if succeeded(r)}
+    failures = {cell_key(r["cell"]): r for r in records if not succeeded(r)}  # the last per cell
     failing = [r for key, r in failures.items() if key not in done]
     click.echo(f"{counts['run']} run(s), {counts['skipped']} already in {output}")
     if failing:

@@ -13,32 +13,68 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from unlearnkit.components.unseen import per_example_loss
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import evaluate
+from unlearnkit.models import pretrained
 from unlearnkit.models.pretrained import load_pretrained, load_retrained
 from unlearnkit.report.table import format_table
 from unlearnkit.request import ForgetRequest, Goal
 from unlearnkit.result import UnlearnResult
 from unlearnkit.scenarios.evidence import gather_evidence, model_figures
+from unlearnkit.scenarios.forget_sets import draw_forget_set
 from unlearnkit.scenarios.single import RunRecord, run_request
 from unlearnkit.utils.modules import predict_logits
 from unlearnkit.utils.versions import environment_versions
 
 #: Schema version of the demo report JSON (documented in the README).
 DEMO_SCHEMA_VERSION = 2
+#: Training rows the worst-case / easiest search runs on (a seeded pool) when there are more:
+#: its lower level fine-tunes on the pool, which must stay cheap on MNIST and CIFAR-10.
+FORGET_SET_POOL = 2000
 DEFAULT_DEMO_METHODS: tuple[str, ...] = ("neggrad", "l2ul_adv", "l2ul")
 
 
-def draw_request(data: DataSplit, k: int, seed: int, goal: Goal) -> tuple[ForgetRequest, Tensor]:
+def draw_request(
+    data: DataSplit,
+    k: int,
+    seed: int,
+    goal: Goal,
+    *,
+    forget_set: str = "random",
+    model: nn.Module | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[ForgetRequest, Tensor]:
     """``k`` training instances drawn with ``seed`` as a request for ``goal`` (relabeling: seeded
-    random new labels), and the mask of the training instances kept."""
-    forget_idx = draw_forget_indices(len(data.y_train), k, seed)
+    random new labels), and the mask of the training instances kept.
+
+    ``forget_set`` picks how: ``"random"`` (uniform, the default), ``"worst"`` / ``"easiest"``
+    (the bi-level search of :func:`~unlearnkit.scenarios.forget_sets.select_forget_set` on
+    ``model``, over a seeded pool of at most :data:`FORGET_SET_POOL` training rows, cached in
+    ``cache_dir/forget_sets``) or ``"one-class"`` (``k`` rows of one seeded class).
+    """
+    if forget_set == "random":
+        forget_idx = draw_forget_indices(len(data.y_train), k, seed)
+    else:
+        if forget_set in ("worst", "worst-case", "easiest") and model is None:
+            raise ValueError(f"a {forget_set!r} forget set is searched on a model; pass model=")
+        n = len(data.y_train)
+        pool = None if n <= FORGET_SET_POOL else torch.from_numpy(
+            np.random.default_rng(seed).choice(n, FORGET_SET_POOL, replace=False)
+        ).sort().values
+        selection = draw_forget_set(
+            forget_set, model, data.x_train, data.y_train, k, seed=seed, candidates=pool,  # type: ignore[arg-type]
+            **({} if forget_set == "one-class" else {
+                "cache_dir": Path(cache_dir or pretrained.cache_dir()) / "forget_sets", "weight_lr": 1.0,
+            }),
+        )
+        forget_idx = torch.as_tensor(selection.indices, dtype=torch.long)
     keep = torch.ones(len(data.y_train), dtype=torch.bool)
     keep[forget_idx] = False
     labels = data.y_train[forget_idx]

@@ -211,19 +211,19 @@ class RayExecutor:
         runnable = [c for c in cells if c.dataset not in unloadable]
 
         resources = {"num_cpus": self.cpus_per_cell, "num_gpus": self.gpus_per_cell}
-        references: dict[tuple[str, int, str, int], Any] = {}
+        references: dict[tuple[str, int, str, int, str], Any] = {}
         if settings.evidence:
             warm = ray.remote(_warm_reference).options(**resources)
             for c in runnable:
-                key = (c.dataset, c.k, c.mode, c.seed)
+                key = (c.dataset, c.k, c.mode, c.seed, c.forget_set)
                 if key not in references:
                     references[key] = warm.remote(
-                        c.dataset, c.k, c.mode, c.seed, settings.cache_directory, self.threads_per_cell
+                        c.dataset, c.k, c.mode, c.seed, settings.cache_directory, self.threads_per_cell, c.forget_set
                     )
         task = ray.remote(_run_cell).options(**resources)
         pending = {
             # The reference's ObjectRef as an argument: Ray starts the cell only once it is ready.
-            task.remote(c, settings, self.threads_per_cell, references.get((c.dataset, c.k, c.mode, c.seed))): c
+            task.remote(c, settings, self.threads_per_cell, references.get((c.dataset, c.k, c.mode, c.seed, c.forget_set))): c
             for c in runnable
         }
         try:
@@ -270,7 +270,9 @@ def _run_cell(cell: Cell, settings: CellSettings, threads: int, reference: None 
     return CellRunner(settings, threads=threads).run(cell)
 
 
-def _warm_reference(dataset: str, k: int, mode: str, seed: int, cache_directory: str | None, threads: int) -> None:
+def _warm_reference(
+    dataset: str, k: int, mode: str, seed: int, cache_directory: str | None, threads: int, forget_set: str = "random"
+) -> None:
     """A Ray task: trains (or finds) the retrained reference of one request in the model cache,
     so that the request's cells, which start after it, load it instead of each training it."""
     import torch
@@ -280,8 +282,10 @@ def _warm_reference(dataset: str, k: int, mode: str, seed: int, cache_directory:
 
     torch.set_num_threads(threads)  # the thread count of the cells, so the same weights
     try:
-        data = load_pretrained(dataset, directory=cache_directory).data
-        request, _ = draw_request(data, k, seed, mode)  # type: ignore[arg-type]
+        default = load_pretrained(dataset, directory=cache_directory)
+        request, _ = draw_request(
+            default.data, k, seed, mode, forget_set=forget_set, model=default.model, cache_dir=cache_directory,  # type: ignore[arg-type]
+        )
         load_retrained(dataset, request.ids, directory=cache_directory)
     except Exception:  # noqa: BLE001, S110 - each cell of the request meets the error again and records it
         pass

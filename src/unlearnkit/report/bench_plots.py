@@ -66,7 +66,8 @@ def _view(
 
 
 def grid_plots(rows: Sequence[Mapping[str, Any]]) -> list[GridPlot]:
-    """The views of :func:`~unlearnkit.bench.summarise_grid`'s rows, two per (data set, mode, k).
+    """The views of :func:`~unlearnkit.bench.summarise_grid`'s rows, two per (data set, mode, k,
+    forget set); the file stem names the forget set when it is not random.
 
     Example:
         >>> rows = [{"dataset": "digits", "mode": "misclassify", "k": 4, "method": "neggrad", "runs": 1,
@@ -75,10 +76,13 @@ def grid_plots(rows: Sequence[Mapping[str, Any]]) -> list[GridPlot]:
         [('digits-misclassify-k4-time', ())]
     """
     plots: list[GridPlot] = []
-    for (dataset, mode, k), group in itertools.groupby(rows, key=lambda r: (r["dataset"], r["mode"], r["k"])):
+    def table_of(row: Mapping[str, Any]) -> tuple[str, str, int, str]:
+        return row["dataset"], row["mode"], row["k"], row.get("forget_set", "random")
+
+    for (dataset, mode, k, forget_set), group in itertools.groupby(rows, key=table_of):
         group = list(group)
-        stem = f"{dataset}-{mode}-k{k}"
-        where = f"{dataset}, {mode}, k = {k}"
+        stem = f"{dataset}-{mode}-k{k}" + ("" if forget_set == "random" else f"-{forget_set}")
+        where = f"{dataset}, {mode}, k = {k}" + ("" if forget_set == "random" else f", {forget_set} forget set")
         for view in (
             _view(group, "seconds", "log10 seconds of the unlearning call", math.log10, f"{stem}-time",
                   f"Acc(D_test) against time, {where}"),
