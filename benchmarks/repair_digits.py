@@ -22,7 +22,6 @@ training recipe, so it is M_clean up to initialisation. All reports are written 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from typing import Any
 
@@ -31,20 +30,9 @@ import torch
 from unlearnkit.cli import parse_seeds
 from unlearnkit.data import load_digits_split
 from unlearnkit.report.table import format_table
-from unlearnkit.scenarios.repair import REPAIR_DIGITS_RECIPE, run_repair
+from unlearnkit.scenarios.repair import REPAIR_DIGITS_RECIPE, REPAIR_SUMMARY_HEADERS, repair_summary, run_repair
 from unlearnkit.utils.io import write_json_atomic
 from unlearnkit.utils.versions import environment_versions
-
-
-def mean(values: list[float | None]) -> float | None:
-    """Mean of the defined values, ``None`` if there are none."""
-    defined = [v for v in values if v is not None]
-    return statistics.fmean(defined) if defined else None
-
-
-def fraction(value: float | None) -> str:
-    """R with two decimals (``-`` when undefined)."""
-    return "-" if value is None else f"{value:.2f}"
 
 
 def main() -> None:
@@ -77,31 +65,7 @@ def main() -> None:
             reports.append(report.to_dict())
             print(f"{kind} seed {seed}: done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    rows: list[list[object]] = []
-    for kind in args.kinds.split(","):
-        mine = [r for r in reports if r["kind"] == kind]
-        primary = mine[0]["primary_set"]
-        affected = [r["corrupt"]["affected"][primary] for r in mine]
-        asr_before = mean([r["corrupt"].get("asr") for r in mine])
-        rows.append([kind, "M_clean", "-", "1.00", f"{len(mine)}/{len(mine)}", mean([r["clean"]["acc_test"] for r in mine]),
-                     None, None, mean([r["clean"].get("asr") for r in mine])])
-        rows.append([kind, "M_corrupt", "-", "0.00", f"|A| {statistics.fmean(affected):.1f}",
-                     mean([r["corrupt"]["acc_test"] for r in mine]), None, asr_before, asr_before])
-        for method in methods:
-            for mode in ("misclassify", "relabel"):
-                runs = [run for r in mine for run in r["runs"] if run["method"] == method and run["mode"] == mode]
-                ok = [run for run in runs if run["status"] == "ok"]
-                if not ok:
-                    rows.append([kind, method, mode, runs[0]["status"] if runs else "-", "", None, None, None, None])
-                    continue
-                defined = [run["restoration"] for run in ok if run["restoration"] is not None]
-                rows.append([
-                    kind, method, mode, fraction(mean(defined)), f"{len(defined)}/{len(runs)}",
-                    mean([run["acc_test"] for run in ok]), mean([run["acc_forget_true"] for run in ok]),
-                    asr_before, mean([run["asr"] for run in ok]),
-                ])
-    headers = ["kind", "model", "mode", "R", "R defined", "Acc(D_test)", "Acc(D_c,true)", "ASR before", "ASR after"]
-    print(format_table(headers, rows))
+    print(format_table(list(REPAIR_SUMMARY_HEADERS), repair_summary(reports, methods)))
     write_json_atomic(
         args.output,
         {"recipe": recipe.as_dict(), "args": vars(args), "versions": environment_versions(), "reports": reports,

@@ -236,3 +236,27 @@ def test_continual_errors(args: list[str], message: str, tmp_path: Path) -> None
     code, out = run("continual", *args, "-o", str(output))
     assert code != 0 and message in out
     assert not output.exists()
+
+
+def test_demo_repair_scenario_prints_restoration_and_attack_success(tmp_path: Path) -> None:
+    out = tmp_path / "repair.json"
+    args = ["demo", "--scenario", "repair", "--corruptions", "backdoor", "--methods", "neggrad", "--mode", "both",
+            "--seeds", "0", "-o", str(out)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "ASR before" in result.output and "M_corrupt" in result.output and "relabel" in result.output
+    report = json.loads(out.read_text())
+    assert report["scenario"] == "repair" and [r["kind"] for r in report["reports"]] == ["backdoor"]
+    run = report["reports"][0]["runs"][0]
+    assert report["reports"][0]["corrupt"]["asr"] > 50 and run["asr"] < report["reports"][0]["corrupt"]["asr"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--dataset", "mnist"], "digits only"), (["--corruptions", "flip"], "unknown corruption"),
+     (["--mode", "unseen"], "misclassify and/or relabel")],
+)
+def test_demo_repair_refuses_what_it_cannot_run(extra: list[str], message: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--scenario", "repair", *extra, "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "r.json").exists()

@@ -26,6 +26,7 @@ decay through ``hyperparams`` to make it match ``M_clean``'s training).
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -399,3 +400,52 @@ def run_repair(
         runs=runs,
         versions=environment_versions(),
     )
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return statistics.fmean(defined) if defined else None
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+#: Columns of :func:`repair_summary`.
+REPAIR_SUMMARY_HEADERS: tuple[str, ...] = (
+    "kind", "model", "mode", "R", "R defined", "Acc(D_test)", "Acc(D_c,true)", "ASR before", "ASR after",
+)
+
+
+def repair_summary(reports: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[list[object]]:
+    """Rows of means over seeds of :meth:`RepairReport.to_dict` reports, per corruption kind:
+    ``M_clean`` and ``M_corrupt`` first, then each method and mode (columns
+    :data:`REPAIR_SUMMARY_HEADERS`). R is averaged over the seeds where the affected set was
+    non-empty (``R defined`` says how many); a method with no successful run shows its status.
+    """
+    rows: list[list[object]] = []
+    kinds = list(dict.fromkeys(r["kind"] for r in reports))
+    for kind in kinds:
+        mine = [r for r in reports if r["kind"] == kind]
+        primary = mine[0]["primary_set"]
+        affected = [r["corrupt"]["affected"][primary] for r in mine]
+        asr_before = _mean([r["corrupt"].get("asr") for r in mine])
+        rows.append([kind, "M_clean", "-", "1.00", f"{len(mine)}/{len(mine)}", _mean([r["clean"]["acc_test"] for r in mine]),
+                     None, None, _mean([r["clean"].get("asr") for r in mine])])
+        rows.append([kind, "M_corrupt", "-", "0.00", f"|A| {statistics.fmean(affected):.1f}",
+                     _mean([r["corrupt"]["acc_test"] for r in mine]), None, asr_before, asr_before])
+        modes = list(dict.fromkeys(run["mode"] for r in mine for run in r["runs"]))
+        for method in methods:
+            for mode in modes:
+                runs = [run for r in mine for run in r["runs"] if run["method"] == method and run["mode"] == mode]
+                ok = [run for run in runs if run["status"] == "ok"]
+                if not ok:
+                    rows.append([kind, method, mode, runs[0]["status"] if runs else "-", "", None, None, None, None])
+                    continue
+                defined = [run["restoration"] for run in ok if run["restoration"] is not None]
+                rows.append([
+                    kind, method, mode, _fraction(_mean(defined)), f"{len(defined)}/{len(runs)}",
+                    _mean([run["acc_test"] for run in ok]), _mean([run["acc_forget_true"] for run in ok]),
+                    asr_before, _mean([run["asr"] for run in ok]),
+                ])
+    return rows
