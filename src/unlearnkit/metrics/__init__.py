@@ -8,7 +8,9 @@
 - representation: :func:`feature_layer`, :func:`extract_features`, :func:`linear_cka`,
   :func:`knn_accuracy`, :func:`representation_report`, :func:`weight_change_by_layer`;
 - collateral damage: :func:`collateral_damage`; relearn time: :func:`relearn_steps`;
-- per-example membership with shadow models (U-LiRA): :func:`shadow_confidences`, :func:`ulira_attack`.
+- per-example membership with shadow models (U-LiRA): :func:`shadow_confidences`, :func:`ulira_attack`;
+- repair of corrupted training data: :func:`restoration_score` (RESTOR's R),
+  :func:`attack_success_rate` (a backdoor's).
 """
 
 from unlearnkit.metrics.accuracy import accuracy, evaluate
@@ -36,6 +38,7 @@ from unlearnkit.metrics.membership import (
 )
 from unlearnkit.metrics.relearn import RelearnResult, relearn_steps
 from unlearnkit.metrics.representation import knn_accuracy, linear_cka, representation_report, weight_change_by_layer
+from unlearnkit.metrics.restoration import RestorationScore, attack_success_rate, restoration_score
 from unlearnkit.metrics.ulira import ShadowConfidences, ULiRAResult, shadow_confidences, ulira_attack
 
 __all__ = [
@@ -43,9 +46,11 @@ __all__ = [
     "CollateralDamage",
     "MembershipAttackResult",
     "RelearnResult",
+    "RestorationScore",
     "ShadowConfidences",
     "ULiRAResult",
     "accuracy",
+    "attack_success_rate",
     "average_gap",
     "challenge_score",
     "collateral_damage",
@@ -66,6 +71,7 @@ __all__ = [
     "per_example_epsilons",
     "relearn_steps",
     "representation_report",
+    "restoration_score",
     "shadow_confidences",
     "softmax_entropy",
     "true_label_probability",
