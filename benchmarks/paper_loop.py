@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from unlearnkit.components.augment import shifted_copies
 from unlearnkit.components.batching import balanced_other_classes, random_other_classes
+from unlearnkit.components.stopping import label_margin
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def l2_pgd_single(
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
         logits = model(x)
-        if stop_margin is not None and float(_label_margin(logits.detach(), label)) > stop_margin:
+        if stop_margin is not None and float(label_margin(logits.detach(), label)) > stop_margin:
             break
         loss = F.cross_entropy(logits, label)
         (grad,) = torch.autograd.grad(loss, x)
@@ -254,18 +255,11 @@ def per_example_mas(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
     return importance
 
 
-def _label_margin(logits: Tensor, labels: Tensor) -> Tensor:
-    """``logit[label] - max(other logits)`` per row."""
-    own = logits.gather(1, labels.view(-1, 1)).squeeze(1)
-    others = logits.scatter(1, labels.view(-1, 1), float("-inf"))
-    return own - others.max(dim=1).values
-
-
 def _forgotten(logits: Tensor, labels: Tensor, margin: float) -> Tensor:
     """Which examples are misclassified (by more than ``margin`` when it is positive)."""
     if margin <= 0:
         return logits.argmax(dim=1) != labels
-    return _label_margin(logits, labels) < -margin
+    return label_margin(logits, labels) < -margin
 
 
 def _set_train_mode(model: nn.Module, bn_mode: str) -> None:
@@ -420,7 +414,7 @@ def paper_unlearn(
                 both = model(torch.cat([inputs[f_idx], anchors[a_idx]]))
                 out_f, out_a = both[: len(f_idx)], both[len(f_idx) :]
             if config.forget_loss == "hinge":
-                loss = F.relu(hinge_margin + _label_margin(out_f, labels[f_idx])).mean()
+                loss = F.relu(hinge_margin + label_margin(out_f, labels[f_idx])).mean()
             else:
                 loss = -F.cross_entropy(out_f, labels[f_idx])
             if a_idx is not None and out_a is not None:  # (both or neither)

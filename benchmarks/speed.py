@@ -138,6 +138,17 @@ def _forget_accuracy(model: nn.Module, request: ForgetRequest) -> float:
     return accuracy(model, request.inputs, request.labels)
 
 
+def _timed(call: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
+    """Runs ``call`` ``repeats`` times (at least once); the wall time of each run, by
+    ``time.perf_counter`` around the call, and the last run's result."""
+    walls, result = [], None
+    for _ in range(max(repeats, 1)):
+        started = time.perf_counter()
+        result = call()
+        walls.append(time.perf_counter() - started)
+    return walls, result
+
+
 def run_unlearnkit(
     model: nn.Module,
     request: ForgetRequest,
@@ -153,12 +164,10 @@ def run_unlearnkit(
     The wall time is taken around the whole call (``time.perf_counter``), which includes the
     model copy, the hashes and the per-instance outcomes; ``result.seconds`` is reported too.
     """
-    walls, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = uk.unlearn(model, request, method="l2ul", seed=seed, progress=False, preset=preset, **hyperparams)
-        walls.append(time.perf_counter() - started)
-    assert result is not None
+    walls, result = _timed(
+        lambda: uk.unlearn(model, request, method="l2ul", seed=seed, progress=False, preset=preset, **hyperparams),
+        repeats,
+    )
     return {
         "seconds": statistics.median(walls),
         "seconds_all": walls,
@@ -199,12 +208,10 @@ def run_paper_loop(
     )
     if not early_exit:
         config = dataclasses.replace(config, pgd_stop_margin=None)
-    walls, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = paper_unlearn(model, request.inputs, request.labels, config, num_classes=num_classes, seed=seed)
-        walls.append(time.perf_counter() - started)
-    assert result is not None
+    walls, result = _timed(
+        lambda: paper_unlearn(model, request.inputs, request.labels, config, num_classes=num_classes, seed=seed),
+        repeats,
+    )
     return {
         "seconds": statistics.median(walls),
         "seconds_all": walls,
