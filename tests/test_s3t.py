@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 from helpers import snapshot, same_state
 from unlearnkit.data import DataSplit
-from unlearnkit.errors import CheckpointError, InvalidHyperparameterError, InvalidModelError, InvalidRequestError
+from unlearnkit.errors import (
+    CheckpointError,
+    DeletionCapacityError,
+    InvalidHyperparameterError,
+    InvalidModelError,
+    InvalidRequestError,
+)
 from unlearnkit.methods.s3t import S3T
 from unlearnkit.models import SmallCNN, TrainRecipe
 from unlearnkit.request import ForgetRequest
@@ -159,7 +165,7 @@ def test_a_shard_with_every_order_dead_needs_retraining(model: S3TModel, digits:
     firsts = [o[0] for o in model.manifest["orders"][shard]]
     rows = [_slice_rows(model, shard, s)[0] for s in firsts]
     state = snapshot(model)
-    with pytest.raises(InvalidRequestError, match=r"leaves shard\(s\) \[0\] with no surviving prefix"):
+    with pytest.raises(DeletionCapacityError, match=r"leaves shard\(s\) \[0\] with no surviving prefix"):
         model.delete(rows, allow_dead_shards=False)
     assert same_state(model, state)  # refused before anything was committed
     report = model.delete(rows)
@@ -170,7 +176,7 @@ def test_a_shard_with_every_order_dead_needs_retraining(model: S3TModel, digits:
     # Killing the last living shard too leaves nothing to serve: refused.
     last = [_slice_rows(model, 1, o[0])[0] for o in model.manifest["orders"][1]]
     state = snapshot(model)
-    with pytest.raises(InvalidRequestError, match="no shard with a surviving prefix"):
+    with pytest.raises(DeletionCapacityError, match="no shard with a surviving prefix"):
         model.delete(last)
     assert same_state(model, state)
 
@@ -311,19 +317,139 @@ def test_method_deletes_exactly(model: S3TModel, digits: DataSplit, monkeypatch:
     assert result.converged == wrong
 
 
-def test_method_refuses_other_models_and_wrong_rows(
+def test_method_refuses_other_models_and_rows_it_was_not_trained_on(
     model: S3TModel, trained_cnn: SmallCNN, digits: DataSplit
 ) -> None:
     row = _slice_rows(model, 0, 0)[0]
-    request = ForgetRequest(digits.x_train[[row]], digits.y_train[[row]], ids=[row])
+    request = ForgetRequest(digits.x_train[[row]], digits.y_train[[row]], ids=["user-7"])
     with pytest.raises(InvalidModelError, match="s3t deletes from an S3TModel"):
         S3T().unlearn(trained_cnn, request)
-    wrong = ForgetRequest(digits.x_train[[row + 1]], digits.y_train[[row + 1]], ids=[row])
-    with pytest.raises(InvalidRequestError, match="differ from the given ones"):
-        S3T().unlearn(model, wrong)
-    unnamed = ForgetRequest(digits.x_train[[row]], digits.y_train[[row]])  # ids default to 0..n-1
-    with pytest.raises(InvalidRequestError, match="not deletable"):
-        S3T().unlearn(model, unnamed)
+    # A row of the backbone's split, a test image and a changed label are not deletable rows.
+    fixed = next(i for i in range(len(digits.y_train)) if i not in model._slice_of)
+    for x, y in (
+        (digits.x_train[[fixed]], digits.y_train[[fixed]]),
+        (digits.x_test[[0]], digits.y_test[[0]]),
+        (digits.x_train[[row]], (digits.y_train[[row]] + 1) % 10),
+    ):
+        with pytest.raises(InvalidRequestError, match=r"instance\(s\) \['user-7'\] are not deletable rows"):
+            S3T().unlearn(model, ForgetRequest(x, y, ids=["user-7"]))
     with pytest.raises(InvalidHyperparameterError, match="allow_dead_shards must be a bool"):
         S3T(allow_dead_shards="yes")  # type: ignore[arg-type]
     assert S3T().get_params() == {"allow_dead_shards": True}
+
+
+def test_method_finds_rows_by_content_whatever_the_ids(model: S3TModel, digits: DataSplit) -> None:
+    rows = [_slice_rows(model, 0, 1)[0], _slice_rows(model, 1, 2)[1]]
+    named = S3T().unlearn(model, ForgetRequest(digits.x_train[rows], digits.y_train[rows], ids=["a", "b"]))
+    by_index = S3T().unlearn(model, ForgetRequest(digits.x_train[rows], digits.y_train[rows], ids=rows))
+    assert named.details["rows"] == by_index.details["rows"] == sorted(rows)
+    assert same_state(named.model, snapshot(by_index.model))
+    # Once deleted, a row is no longer deletable: asking again names it.
+    with pytest.raises(InvalidRequestError, match=r"\['a'\] are not deletable"):
+        S3T().unlearn(named.model, ForgetRequest(digits.x_train[rows[:1]], digits.y_train[rows[:1]], ids=["a"]))
+
+
+def test_an_instance_present_twice_deletes_both_copies(digits: DataSplit, tmp_path: Path) -> None:
+    x = torch.cat([digits.x_train[:30], digits.x_train[[5]]])
+    y = torch.cat([digits.y_train[:30], digits.y_train[[5]]])
+    model = train_s3t(nn.Flatten(), (x, y), range(31), CONFIG, SEED, tmp_path)
+    result = S3T().unlearn(model, ForgetRequest(x[[5]], y[[5]]))
+    assert result.details["rows"] == [5, 30]
+    assert {5, 30} <= result.model.deleted_ids
+
+
+def test_prepare_model_trains_an_exactly_deletable_model(
+    trained_cnn: SmallCNN, digits: DataSplit, tmp_path: Path
+) -> None:
+    model = S3T.prepare_model(trained_cnn, (digits.x_train, digits.y_train), seed=0, directory=tmp_path)
+    assert isinstance(model, S3TModel) and model.config == S3T.DEFAULT_CONFIG
+    assert sorted(model._slice_of) == list(range(len(digits.y_train)))  # every row is deletable
+    with torch.no_grad():
+        accuracy = (model(digits.x_test).argmax(1) == digits.y_test).float().mean().item()
+    assert accuracy > 0.9
+    assert S3T.exact and S3T.trains_own_model
+    # Any other method unlearns from the caller's model as it is.
+    from unlearnkit.methods import NegGrad
+
+    assert NegGrad.prepare_model(trained_cnn, (digits.x_train, digits.y_train), seed=0, directory=tmp_path) is trained_cnn
+
+
+def test_ledger_applies_s3t_deletions_and_receipts_say_exact(
+    trained_dir: Path, backbone: nn.Module, digits: DataSplit, tmp_path: Path
+) -> None:
+    from unlearnkit.ledger import Ledger, apply_pending, verify
+    from unlearnkit.request import instance_sha256
+
+    build = lambda: load_s3t(trained_dir, _extractor())  # noqa: E731
+    model = build()
+    rows = lambda ids: (digits.x_train[list(ids)], digits.y_train[list(ids)])  # noqa: E731
+    first, second = _slice_rows(model, 0, 1)[:2], _slice_rows(model, 1, 0)[:1]
+    with Ledger.create(tmp_path / "ws", initial_state=model.state_dict(), source={}) as ledger:
+        for ids in (first, second):
+            y = digits.y_train[ids]
+            ledger.add_request(
+                ids, labels=y.tolist(), content_hashes=[instance_sha256(digits.x_train[i], int(y[n])) for n, i in enumerate(ids)],
+                goal="misclassify", method="s3t", hyperparams={},
+            )
+        applied = apply_pending(ledger, build, rows)
+        assert [r.status for r in applied] == ["applied", "applied"]
+        receipts = [ledger.get(r.request_id).receipt for r in applied]
+        assert all(r["deletion"]["exact"] is True and r["deletion"]["optimizer_steps"] == 0 for r in receipts)
+        assert receipts[0]["deletion"]["rows"] == sorted(first) and receipts[1]["deletion"]["rows"] == second
+        assert receipts[0]["run"]["stop_reason"] == "exact_deletion"
+        # The second request was applied to the model the ledger restored after the first: its
+        # state serves shorter prefixes than a freshly loaded model, and loads all the same.
+        expected = build()
+        expected.delete(sorted(first))
+        expected.delete(second)
+        current = build()
+        current.load_state_dict(ledger.load_state())
+        assert same_state(current, snapshot(expected))
+        # Verification restores the latest version into a fresh model and re-checks every request.
+        checks = verify(ledger, build, rows)
+        assert [(c["request_id"], c["checked"]) for c in checks] == [(r.request_id, len(ids)) for r, ids in zip(applied, (first, second))]
+        assert all(c["status"] in ("ok", "not_converged") for c in checks)
+
+
+def test_prepare_model_reuses_a_matching_directory_and_refuses_another(
+    trained_cnn: SmallCNN, digits: DataSplit, tmp_path: Path
+) -> None:
+    train = (digits.x_train[:200], digits.y_train[:200])
+    small = S3TConfig(shards=2, slices=2, orders=1, epochs=1)
+    first = S3T.prepare_model(trained_cnn, train, seed=0, directory=tmp_path, config=small)
+    stamp = (tmp_path / "s3t_manifest.json").stat().st_mtime_ns
+    again = S3T.prepare_model(trained_cnn, train, seed=0, directory=tmp_path, config=small)
+    assert (tmp_path / "s3t_manifest.json").stat().st_mtime_ns == stamp  # loaded, not retrained
+    assert same_state(again, snapshot(first))
+    with pytest.raises(CheckpointError, match="already holds an S3T model trained with other settings"):
+        S3T.prepare_model(trained_cnn, train, seed=1, directory=tmp_path, config=small)
+    with pytest.raises(CheckpointError, match="already holds an S3T model"):
+        S3T.prepare_model(trained_cnn, (train[0], (train[1] + 1) % 10), seed=0, directory=tmp_path, config=small)
+
+
+def test_demo_and_bench_cache_the_s3t_model_and_replace_a_stale_one(tmp_path: Path) -> None:
+    from unlearnkit.demo import model_for_method
+    from unlearnkit.models.pretrained import load_pretrained
+
+    default = load_pretrained("digits", directory=tmp_path)
+    assert model_for_method("neggrad", default, tmp_path) is default.model
+    model = model_for_method("s3t", default, tmp_path)
+    directory = tmp_path / f"{default.path.stem}-s3t"
+    assert isinstance(model, S3TModel) and (directory / "s3t_manifest.json").is_file()
+    manifest = json.loads((directory / "s3t_manifest.json").read_text())
+    manifest["seed"] = 99  # as if written with other settings
+    (directory / "s3t_manifest.json").write_text(json.dumps(manifest))
+    again = model_for_method("s3t", default, tmp_path)
+    assert json.loads((directory / "s3t_manifest.json").read_text())["seed"] == 0
+    assert same_state(again, snapshot(model))
+
+
+def test_a_request_beyond_capacity_is_recorded_as_unsupported(digits: DataSplit, tmp_path: Path) -> None:
+    from unlearnkit.scenarios.single import run_request
+
+    x, y = digits.x_train[:40], digits.y_train[:40]
+    model = train_s3t(nn.Flatten(), (x, y), range(40), S3TConfig(shards=1, slices=2, orders=1, epochs=1), SEED, tmp_path)
+    record = run_request(model, ForgetRequest(x, y), "s3t", splits={"test": (digits.x_test, digits.y_test)})
+    assert record.status == "unsupported" and "no shard with a surviving prefix" in (record.error or "")
+    with pytest.raises(DeletionCapacityError):
+        S3T().unlearn(model, ForgetRequest(x, y))

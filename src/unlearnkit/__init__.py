@@ -13,6 +13,7 @@ from unlearnkit.api import evaluate, unlearn
 from unlearnkit.errors import (
     CheckpointError,
     DataContractError,
+    DeletionCapacityError,
     InvalidHyperparameterError,
     InvalidModelError,
     InvalidRequestError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "DataContractError",
+    "DeletionCapacityError",
     "ForgetRequest",
     "InstanceOutcome",
     "InvalidHyperparameterError",

@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearnkit.data.splits import DataSplit
-from unlearnkit.demo import draw_request, evidence_for_request, heldout_half
+from unlearnkit.demo import draw_request, evidence_for_request, heldout_half, model_for_method
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.models.pretrained import DefaultModel, cache_dir, load_pretrained
 from unlearnkit.scenarios.single import RunRecord, run_request
@@ -247,6 +247,7 @@ class CellRunner:
         self.threads = threads
         self.progress = progress
         self._models: dict[str, DefaultModel] = {}
+        self._own_models: dict[str, nn.Module] = {}
         self._request: tuple[tuple[str, int, str, int, str], Any] | None = None
         self._versions: dict[str, str] | None = None
 
@@ -300,11 +301,24 @@ class CellRunner:
             self._request = (request_key, (request, splits, gather, retrained))
         request, splits, gather, retrained = self._request[1]
         cls = method_class(cell.method)
+        base = default.model
+        if cls.trains_own_model:
+            # Its own model (S3T), prepared once per data set and cached; its evidence compares
+            # figures, not layers, with the retrained reference (other architecture).
+            key = f"{cell.dataset}/{cell.method}"
+            if key not in self._own_models:
+                self._own_models[key] = model_for_method(cell.method, default, settings.cache_directory)
+            base = self._own_models[key]
+            if settings.evidence:
+                gather = evidence_for_request(
+                    base, data, request, splits, cell.dataset, settings.cache_directory, cell.seed, False,
+                    compare_features=False,
+                )[0]
         if (cell.mode == "relabel" and not cls.supports_relabel) or (cell.mode == "unseen" and not cls.supports_unseen):
             record = RunRecord(cell.method, cell.seed, cell.mode, "unsupported", error=f"{cell.method} does not support {cell.mode!r}")
         else:
             record = run_request(
-                default.model, request, cell.method, splits=splits, seed=cell.seed,
+                base, request, cell.method, splits=splits, seed=cell.seed,
                 hyperparams=settings.hyperparams.get(cell.method),
                 retain=None if cls.data_access == "forget" else splits["retain"],
                 heldout=heldout_half(data) if cell.mode == "unseen" else None, evidence=gather,

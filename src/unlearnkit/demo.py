@@ -7,6 +7,7 @@ The CLI's ``unlearnkit demo`` is a thin shell around the two.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -19,11 +20,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from unlearnkit.components.unseen import per_example_loss
+from unlearnkit.errors import CheckpointError
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import evaluate
 from unlearnkit.models import pretrained
-from unlearnkit.models.pretrained import load_pretrained, load_retrained
+from unlearnkit.models.pretrained import DefaultModel, load_pretrained, load_retrained
 from unlearnkit.report.table import format_table
 from unlearnkit.request import ForgetRequest, Goal
 from unlearnkit.result import UnlearnResult
@@ -136,6 +138,60 @@ def run_demo(
         create_method(method, **dict(hyperparams.get(method, {})))
     default = load_pretrained(dataset, directory=cache_directory, progress=progress)
     data, model = default.data, default.model
+    own_models = {
+        method: model_for_method(method, default, cache_directory)
+        for method in methods if method_class(method).trains_own_model
+    }
+    return _run_cells(
+        default, own_models, k=k, seeds=seeds, goals=goals, methods=methods, hyperparams=hyperparams,
+        dataset=dataset, cache_directory=cache_directory, progress=progress, evidence=evidence,
+    )
+
+
+def model_for_method(method: str, default: DefaultModel, cache_directory: str | Path | None = None) -> nn.Module:
+    """The model ``method`` unlearns from in demos and benchmarks.
+
+    The pretrained model itself, except for a method that trains its own model
+    (``trains_own_model``, e.g. ``s3t``): that one is prepared once from the pretrained model's
+    task and training set (seed 0) and kept in the model cache beside it. A cached copy that no
+    longer matches the method's settings is discarded and prepared again.
+
+    Args:
+        method: A registered method name.
+        default: The pretrained model and its data (:func:`~unlearnkit.models.pretrained.load_pretrained`).
+        cache_directory: The model cache (default: :func:`~unlearnkit.models.pretrained.cache_dir`).
+    """
+    cls = method_class(method)
+    if not cls.trains_own_model:
+        return default.model
+    directory = Path(cache_directory or pretrained.cache_dir()) / f"{default.path.stem}-{method}"
+    train = (default.data.x_train, default.data.y_train)
+    try:
+        return cls.prepare_model(default.model, train, seed=0, directory=directory)
+    except CheckpointError:
+        # A cache entry from other settings (or a damaged one): it is ours to replace.
+        shutil.rmtree(directory)
+        return cls.prepare_model(default.model, train, seed=0, directory=directory)
+
+
+def _run_cells(
+    default: DefaultModel,
+    own_models: Mapping[str, torch.nn.Module],
+    *,
+    k: int,
+    seeds: Sequence[int],
+    goals: Sequence[Goal],
+    methods: Sequence[str],
+    hyperparams: Mapping[str, Mapping[str, Any]],
+    dataset: str,
+    cache_directory: str | Path | None,
+    progress: bool,
+    evidence: bool,
+) -> dict[str, Any]:
+    """:func:`run_demo`'s loop over seeds, goals and methods. ``own_models`` holds the models of
+    methods that train their own (``trains_own_model``); they unlearn from those, and their
+    evidence compares against them as the original."""
+    data, model = default.data, default.model
     requests: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     cells = [(seed, goal) for seed in seeds for goal in goals]
@@ -170,9 +226,14 @@ def run_demo(
                 continue
             # Methods that can use retain data get it (the demo holds the whole retain split).
             retain = None if cls.data_access == "forget" else splits["retain"]
+            base, gather_run = own_models.get(method, model), gather
+            if evidence and base is not model:
+                gather_run = evidence_for_request(
+                    base, data, request, splits, dataset, cache_directory, seed, progress, compare_features=False
+                )[0]
             record = run_request(
-                model, request, method, splits=splits, seed=seed, hyperparams=hyperparams.get(method),
-                retain=retain, heldout=heldout, progress=progress, evidence=gather,
+                base, request, method, splits=splits, seed=seed, hyperparams=hyperparams.get(method),
+                retain=retain, heldout=heldout, progress=progress, evidence=gather_run,
             )
             runs.append(record.to_dict())
             bar.update(1)
@@ -205,6 +266,8 @@ def evidence_for_request(
     cache_directory: str | Path | None,
     seed: int,
     progress: bool,
+    *,
+    compare_features: bool = True,
 ) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], list[float | None]]:
     """The retrained reference of ``request`` (cached), its figures, the original model's
     per-class test accuracy, and a function gathering the evidence of one run (for
@@ -219,6 +282,9 @@ def evidence_for_request(
         cache_directory: Model cache.
         seed: Seed of the attacks and relearn runs.
         progress: Show progress bars.
+        compare_features: Compare the unlearned model's layers with the retrained reference's
+            (CKA). ``False`` when the two have different architectures (a method that trains
+            its own model): the gap to retraining is still measured from their figures.
     """
     forget = (request.inputs, request.labels)
     retain, test = splits["retain"], splits["test"]
@@ -237,7 +303,8 @@ def evidence_for_request(
         return gather_evidence(
             model, result.model, forget, retain, test,
             goal_met=[o.goal_met for o in result.outcomes], ids=list(request.ids),
-            original_figures=original_figures, retrained=reference.model, retrained_figures=retrained_figures,
+            original_figures=original_figures, retrained=reference.model if compare_features else None,
+            retrained_figures=retrained_figures,
             num_classes=data.num_classes, seed=seed, feature_cache=features,
         )
 

@@ -16,6 +16,12 @@ class InvalidRequestError(UnlearnkitError, ValueError):
     """A forget request is malformed: empty, mismatched shapes, labels out of range, ..."""
 
 
+class DeletionCapacityError(InvalidRequestError):
+    """A valid request that an exact-deletion model cannot absorb without being retrained (every
+    S3T shard would lose all its checkpoints). Demos and benchmarks record the run as
+    unsupported; the message says what to retrain."""
+
+
 class InvalidModelError(UnlearnkitError, ValueError):
     """A model cannot be unlearned as given: non-finite weights, wrong output shape, ..."""
 

@@ -17,12 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.methods.registry import method_class
 from unlearnkit.result import UnlearnResult
 from unlearnkit.scenarios.evidence import VerdictThresholds
 from unlearnkit.utils.io import write_json_atomic
 
 #: Version of the receipt's JSON layout.
-RECEIPT_SCHEMA_VERSION = 1
+RECEIPT_SCHEMA_VERSION = 2
 
 
 def _json_safe(value: Any) -> Any:
@@ -41,6 +42,36 @@ def receipt_sha256(receipt: Mapping[str, Any]) -> str:
     body = {k: v for k, v in receipt.items() if k != "receipt_sha256"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Details of an exact deletion copied into its receipt (see :class:`~unlearnkit.methods.s3t.S3T`).
+EXACT_DETAIL_KEYS = ("rows", "slices", "dropped_prefixes", "served_before", "served_after", "needs_retraining",
+                     "remaining_capacity")
+
+
+def deletion_kind(result: UnlearnResult) -> dict[str, Any]:
+    """How the result removed the instances, for its receipt.
+
+    ``{"exact": True, "optimizer_steps": 0, ...}`` when the method deleted exactly (its class
+    declares ``exact`` and the run says ``details["exact"]``), with what the deletion did (the
+    training rows deleted, the checkpoints dropped, the shards that now need retraining);
+    ``{"exact": False, "optimizer_steps": steps}`` for an approximate method, whose evidence is
+    its verdict.
+
+    Example:
+        >>> import torch, unlearnkit
+        >>> torch.manual_seed(0) and None
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> x = torch.rand(2, 4)
+        >>> result = unlearnkit.unlearn(model, forget=(x, model(x).argmax(1)), method="neggrad", lr=0.05)
+        >>> deletion_kind(result) == {"exact": False, "optimizer_steps": result.steps}
+        True
+    """
+    details = result.details or {}
+    if method_class(result.method).exact and details.get("exact") is True:
+        return {"exact": True, "optimizer_steps": int(details.get("optimizer_steps", 0)),
+                **{key: details[key] for key in EXACT_DETAIL_KEYS if key in details}}
+    return {"exact": False, "optimizer_steps": result.steps}
 
 
 def build_receipt(
@@ -105,6 +136,7 @@ def build_receipt(
         },
         "model": {"sha256_before": result.model_sha256_before, "sha256_after": result.model_sha256_after},
         "method": result.method,
+        "deletion": deletion_kind(result),
         "hyperparams": result.hyperparams,
         "seed": result.seed,
         "run": {

@@ -1024,9 +1024,14 @@ class Ledger:
             conn.executemany("INSERT INTO instances (instance, request_id) VALUES (?, ?)", [(k, request_id) for k in keys])
         return record
 
-    def _check_fits(self, parent: VersionRecord, tensors: Mapping[str, Tensor]) -> None:
+    def _check_fits(self, parent: VersionRecord, tensors: Mapping[str, Tensor], *, layout_may_change: bool = False) -> None:
         """Refuses a state whose names or shapes differ from the current version's: committing
-        another model's weights into this chain is a mistake, not an unlearning step."""
+        another model's weights into this chain is a mistake, not an unlearning step.
+
+        With ``layout_may_change`` (the request's method deletes exactly by switching to
+        checkpoints trained without the rows, e.g. S3T serving shorter prefixes), tensors may
+        appear or disappear, but those present in both must keep their shapes, and at least
+        one name must be shared."""
         path = self._workspace / parent.path
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -1034,6 +1039,10 @@ class Ledger:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"cannot read the current model version {parent.version_id} ({path}): {err}") from None
         given = {k: tuple(v.shape) for k, v in tensors.items()}
+        if layout_may_change:
+            shared = set(given) & set(shapes)
+            given = {k: given[k] for k in shared}
+            shapes = {k: shapes[k] for k in shared} if shared else shapes
         if given != shapes:
             missing = sorted(set(shapes) - set(given))[:5]
             extra = sorted(set(given) - set(shapes))[:5]
@@ -1081,7 +1090,9 @@ class Ledger:
             hint = " (retry it first)" if record.status == "failed" else ""
             raise LedgerError(f"request {request_id!r} is {record.status}, not pending; only a pending request can be committed{hint}")
         parent = self.current_version()
-        self._check_fits(parent, tensors)
+        from unlearnkit.methods.registry import method_class
+
+        self._check_fits(parent, tensors, layout_may_change=method_class(record.method).exact)
         version_id = parent.version_id + 1
         models = self._workspace / MODELS_DIR
         _crash_point("before_file_write")

@@ -22,6 +22,7 @@ from unlearnkit.methods.neggrad_regularized import NegGradEWC, NegGradL2, NegGra
 from unlearnkit.methods.random_label import RandomLabel
 from unlearnkit.methods.registry import METHODS, create_method, list_methods, method_class, register_method
 from unlearnkit.methods.retrain import Retrain
+from unlearnkit.methods.s3t import S3T
 from unlearnkit.methods.salun import SalUn
 from unlearnkit.methods.scrub import Scrub
 from unlearnkit.methods.ssd import SSD
@@ -51,6 +52,7 @@ __all__ = [
     "RandomLabel",
     "RegularizedNegGrad",
     "Retrain",
+    "S3T",
     "SSD",
     "SalUn",
     "Scrub",

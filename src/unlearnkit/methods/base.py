@@ -13,6 +13,7 @@ import abc
 import inspect
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -143,6 +144,13 @@ class UnlearningMethod(abc.ABC):
             predictions stand in for the labels when the goal is checked and reported (the
             result's ``details["labels"]`` says ``"predicted_by_original"``), and are never
             handed to the method as data it may train on.
+        exact: Whether the method deletes exactly, by construction, with no optimiser step
+            (``steps = passes = 0``, ``stop_reason="exact_deletion"``, ``details["exact"]``):
+            the served weights were trained without the forget rows. Such a method needs a
+            model of its own design, built by :meth:`prepare_model`.
+        trains_own_model: Whether the method needs a model it trained itself (a training-time
+            design such as S3T) rather than any trained classifier; :meth:`prepare_model`
+            builds it, and demos, benchmarks and the contract tests call it.
     """
 
     name: ClassVar[str] = ""
@@ -153,6 +161,8 @@ class UnlearningMethod(abc.ABC):
     goal_driven: ClassVar[bool] = True
     gradient_based: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = True
+    exact: ClassVar[bool] = False
+    trains_own_model: ClassVar[bool] = False
     #: Preset name -> values of the preset-dependent hyperparameters. ``"default"`` is the robust
     #: recipe used when no preset is named; ``"paper"`` reproduces the published recipe.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -188,6 +198,33 @@ class UnlearningMethod(abc.ABC):
             if not any(p.kind is p.VAR_KEYWORD for p in params):
                 break
         return names
+
+    @classmethod
+    def prepare_model(
+        cls,
+        model: nn.Module,
+        train: tuple[Tensor, Tensor],
+        *,
+        seed: int,
+        directory: str | Path,
+    ) -> nn.Module:
+        """The model this method unlearns from, for a classifier trained on ``train``.
+
+        Most methods unlearn from any trained classifier and return ``model`` itself. A
+        training-time design (``trains_own_model = True``) trains its own form of the model on
+        ``train`` instead, writing its files under ``directory``; every training row may then
+        be named in a later request.
+
+        Args:
+            model: The trained classifier (its input shape and class count describe the task).
+            train: Training inputs and labels.
+            seed: Seed of every random choice of the training.
+            directory: Where a training-time design writes its checkpoints.
+
+        Returns:
+            The model to hand to :meth:`unlearn`.
+        """
+        return model
 
     def get_params(self) -> dict[str, Any]:
         """Every hyperparameter of this instance, by name (as given or defaulted)."""

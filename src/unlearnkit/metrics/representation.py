@@ -227,7 +227,7 @@ def representation_report(
     return {spec: linear_cka(ours[spec], theirs[ref]) for spec, ref in zip(specs, reference_specs)}
 
 
-def weight_change_by_layer(model: nn.Module, reference: nn.Module) -> dict[str, float]:
+def weight_change_by_layer(model: nn.Module, reference: nn.Module, *, shared_only: bool = False) -> dict[str, float]:
     """Relative L2 change ``||w - w0|| / ||w0||`` of every parameter tensor, in registration order.
 
     ``w`` is the tensor in ``model``, ``w0`` the same-named one in ``reference`` (e.g. the
@@ -235,8 +235,16 @@ def weight_change_by_layer(model: nn.Module, reference: nn.Module) -> dict[str, 
     A reference tensor of norm 0 gives ``inf`` if it changed and ``0.0`` if it did not (the
     ratio is undefined there, and either value says what happened).
 
+    Args:
+        model: The changed model.
+        reference: The model it is compared with.
+        shared_only: Compare only the parameters both models hold with the same shape, for
+            models whose layout may change (an S3T deletion serves shorter prefixes);
+            otherwise any difference in names or shapes is an error.
+
     Raises:
-        ValueError: If the two models' parameter names or shapes differ.
+        ValueError: If the two models' parameter names or shapes differ (without
+            ``shared_only``).
 
     Example:
         >>> ref = nn.Linear(2, 2)
@@ -251,6 +259,9 @@ def weight_change_by_layer(model: nn.Module, reference: nn.Module) -> dict[str, 
         {'weight': 0.5, 'bias': 0.0}
     """
     ours, theirs = dict(model.named_parameters()), dict(reference.named_parameters())
+    if shared_only:
+        ours = {k: v for k, v in ours.items() if k in theirs and theirs[k].shape == v.shape}
+        theirs = {k: theirs[k] for k in ours}
     if list(ours) != list(theirs):
         missing, extra = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
         raise ValueError(

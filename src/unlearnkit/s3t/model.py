@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from unlearnkit.errors import CheckpointError, InvalidModelError, InvalidRequestError
+from unlearnkit.errors import CheckpointError, DeletionCapacityError, InvalidModelError, InvalidRequestError
 from unlearnkit.request import instance_sha256
 from unlearnkit.s3t.config import S3TConfig
 from unlearnkit.s3t.shard import ShardNet
@@ -130,6 +130,7 @@ class S3TModel(nn.Module):
             int(i): (k, s) for k, shard in enumerate(manifest["slices"]) for s, rows in enumerate(shard) for i in rows
         }
         self.deleted_ids: set[int] = set()
+        self._rows_by_hash: dict[str, list[int]] | None = None  # built on first lookup by content
         m, length = self.config.shards, self.config.slices
         self.register_buffer("deleted", torch.zeros(m, length, dtype=torch.bool))
         self.register_buffer("served", torch.tensor([[-1, 0]] * m, dtype=torch.long))
@@ -158,6 +159,37 @@ class S3TModel(nn.Module):
             raise InvalidModelError("every S3T shard has lost all its prefixes: the model must be retrained")
         features = self.backbone(x)
         return torch.stack([self.shards[k](features) for k in alive]).mean(dim=0)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Loads a state saved from this model, before or after any deletions.
+
+        A deletion changes what each shard serves, and with it the shape of the state dict (a
+        shorter prefix has fewer adapters). The state's ``served`` buffer says which prefix
+        each shard served: those networks are first read from their checkpoints (checked
+        against their sha256), then the state is loaded into them as usual. This is how a
+        ledger restores a model version after S3T deletions.
+
+        Args:
+            state_dict: A state dict of this S3T model (same manifest).
+            strict: As :meth:`torch.nn.Module.load_state_dict`.
+            assign: As :meth:`torch.nn.Module.load_state_dict`.
+
+        Raises:
+            CheckpointError: If the state names a prefix the manifest has no checkpoint for.
+        """
+        served = state_dict.get("served")
+        if isinstance(served, Tensor) and served.shape == self.served.shape:
+            orders = self.manifest["orders"]
+            for k in range(self.config.shards):
+                order, depth = (int(v) for v in served[k])
+                if (order, depth) == tuple(int(v) for v in self.served[k]):
+                    continue
+                if depth > 0 and not (0 <= order < len(orders[k]) and depth <= len(orders[k][order])):
+                    raise CheckpointError(f"the state serves order {order} depth {depth} of shard {k}, unknown to the manifest")
+                choice = None if depth == 0 else (order, tuple(orders[k][order][:depth]))
+                self.shards[k] = self._load(k, choice)
+                self._mark_served(k, choice)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def served_prefixes(self) -> tuple[Prefix | None, ...]:
@@ -261,6 +293,44 @@ class S3TModel(nn.Module):
                 "pass the training row indices the S3T model was trained with as ids"
             )
 
+    def rows_with_content(self, inputs: Tensor, labels: Tensor) -> list[list[int]]:
+        """Per given instance, the deletable training rows holding exactly that input and label.
+
+        Requests name instances by the caller's ids, which need not be the row indices the model
+        was trained with; the content hash recorded at training
+        (:func:`~unlearnkit.request.instance_sha256`) finds the rows. An instance present
+        several times in the training data names every copy, so that deleting it deletes them
+        all. Rows deleted before are left out.
+
+        Args:
+            inputs: Instances ``(N, ...)``.
+            labels: Their labels ``(N,)``.
+
+        Returns:
+            ``N`` lists of row indices (each possibly empty).
+
+        Example:
+            >>> import tempfile, torch
+            >>> from unlearnkit.s3t import S3TConfig, train_s3t
+            >>> x, y = torch.rand(20, 1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.arange(20) % 2
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     model = train_s3t(torch.nn.Flatten(), (x, y), range(20), S3TConfig(shards=1, slices=2, orders=1, epochs=1), 0, tmp)
+            ...     model.rows_with_content(x[[3, 7]], y[[3, 7]])
+            [[3], [7]]
+        """
+        if self._rows_by_hash is None:
+            table: dict[str, list[int]] = {}
+            for row, digest in self.manifest["row_sha256"].items():
+                table.setdefault(digest, []).append(int(row))
+            self._rows_by_hash = {digest: sorted(rows) for digest, rows in table.items()}
+        if inputs.shape[0] != labels.shape[0]:
+            raise InvalidRequestError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
+        found = []
+        for n in range(inputs.shape[0]):
+            rows = self._rows_by_hash.get(instance_sha256(inputs[n], int(labels[n])), [])
+            found.append([r for r in rows if r not in self.deleted_ids])
+        return found
+
     def delete(self, ids: Sequence[int], *, allow_dead_shards: bool = True) -> DeletionReport:
         """Deletes training rows exactly: every prefix holding one of their slices is dropped.
 
@@ -277,8 +347,8 @@ class S3TModel(nn.Module):
             The :class:`DeletionReport`.
 
         Raises:
-            InvalidRequestError: On unknown, duplicate, non-deletable or already deleted ids,
-                when every shard would die, or when a shard would die and
+            InvalidRequestError: On unknown, duplicate, non-deletable or already deleted ids.
+            DeletionCapacityError: When every shard would die, or when a shard would die and
                 ``allow_dead_shards`` is ``False``.
             CheckpointError: If a checkpoint to switch to is missing or corrupt.
         """
@@ -293,12 +363,12 @@ class S3TModel(nn.Module):
         choices = {k: self._best(k, deleted) for k in affected}
         dead = sorted(k for k in range(self.config.shards) if (choices[k] if k in choices else before[k]) is None)
         if len(dead) == self.config.shards:
-            raise InvalidRequestError(
+            raise DeletionCapacityError(
                 "this deletion leaves no shard with a surviving prefix: retrain the S3T model without these ids"
             )
         newly_dead = [k for k in dead if before[k] is not None]
         if newly_dead and not allow_dead_shards:
-            raise InvalidRequestError(
+            raise DeletionCapacityError(
                 f"this deletion leaves shard(s) {newly_dead} with no surviving prefix (they would need retraining)"
             )
         switched = [k for k in affected if (None if choices[k] is None else choices[k][1]) != before[k]]

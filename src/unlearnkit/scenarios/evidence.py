@@ -225,7 +225,7 @@ def gather_evidence(
 
     evidence["weight_change"] = [
         {"parameter": name, "relative_change": change}
-        for name, change in weight_change_by_layer(unlearned, original).items()
+        for name, change in weight_change_by_layer(unlearned, original, shared_only=True).items()
     ]
     damage = collateral_damage(original, unlearned, forget[0], forget[1], test[0], test[1])
     evidence["collateral"] = {

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from unlearnkit.errors import NonFiniteError
+from unlearnkit.errors import DeletionCapacityError, NonFiniteError
 from unlearnkit.methods.base import RetainData
 from unlearnkit.methods.registry import create_method
 from unlearnkit.metrics.accuracy import evaluate
@@ -98,6 +98,9 @@ def run_request(
         result = algorithm.unlearn(model, request, retain=retain, heldout=heldout, seed=seed, progress=progress)
     except NonFiniteError as err:
         return RunRecord(method, seed, request.goal, "diverged", error=str(err))
+    except DeletionCapacityError as err:
+        # An exact-deletion model that cannot absorb this request without retraining.
+        return RunRecord(method, seed, request.goal, "unsupported", error=str(err))
     named = dict(splits)
     named["forget"] = (request.inputs, request.labels)
     if request.new_labels is not None:
