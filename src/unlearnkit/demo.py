@@ -30,6 +30,7 @@ from unlearnkit.result import UnlearnResult
 from unlearnkit.scenarios.evidence import gather_evidence, model_figures
 from unlearnkit.scenarios.forget_sets import draw_forget_set
 from unlearnkit.scenarios.single import RunRecord, run_request
+from unlearnkit.scenarios.views import model_views
 from unlearnkit.utils.modules import predict_logits
 from unlearnkit.utils.versions import environment_versions
 
@@ -103,6 +104,7 @@ def run_demo(
     cache_directory: str | Path | None = None,
     progress: bool = False,
     evidence: bool = True,
+    projection: str = "pca",
 ) -> dict[str, Any]:
     """Runs every method on k random forget instances of a pretrained model (default: digits).
 
@@ -126,6 +128,8 @@ def run_demo(
             retrained without the forget set, CKA, k-NN, collateral damage, relearn steps,
             verdict; see :func:`~unlearnkit.scenarios.evidence.gather_evidence`). Retrains the
             model once per forget set (about 4 s on digits, cached).
+        projection: Projection of the report's embedding maps: ``"pca"`` (default) or
+            ``"umap"`` (needs umap-learn).
 
     Returns:
         The report: data set, model (with sha256), configuration, one entry per request with the
@@ -157,9 +161,10 @@ def run_demo(
         }
         gather = None
         if evidence:
-            gather, entry["retrained"], entry["per_class_test_original"] = evidence_for_request(
-                model, data, request, splits, dataset, cache_directory, seed, progress
+            gather, entry["retrained"], extras = evidence_for_request(
+                model, data, request, splits, dataset, cache_directory, seed, progress, projection=projection
             )
+            entry.update(extras)
         requests.append(entry)
         for method in methods:
             bar.set_postfix(method=method, goal=goal, seed=seed)
@@ -188,6 +193,7 @@ def run_demo(
         "config": {
             "k": k, "seeds": list(seeds), "goals": list(goals), "methods": list(methods),
             "hyperparams": {m: dict(v) for m, v in hyperparams.items()}, "evidence": evidence,
+            "projection": projection,
         },
         "requests": requests,
         "runs": runs,
@@ -205,10 +211,13 @@ def evidence_for_request(
     cache_directory: str | Path | None,
     seed: int,
     progress: bool,
-) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], list[float | None]]:
-    """The retrained reference of ``request`` (cached), its figures, the original model's
-    per-class test accuracy, and a function gathering the evidence of one run (for
-    :func:`~unlearnkit.scenarios.single.run_request`'s ``evidence``).
+    *,
+    projection: str = "pca",
+) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """A function gathering the evidence of one run (for
+    :func:`~unlearnkit.scenarios.single.run_request`'s ``evidence``), the retrained reference
+    of ``request`` (cached) with its figures and analyst views, and the request's figures of the
+    original model: ``{"per_class_test_original", "original_views"}``.
 
     Args:
         model: The original model.
@@ -219,6 +228,7 @@ def evidence_for_request(
         cache_directory: Model cache.
         seed: Seed of the attacks and relearn runs.
         progress: Show progress bars.
+        projection: Projection of the embedding maps (``"pca"`` or ``"umap"``).
     """
     forget = (request.inputs, request.labels)
     retain, test = splits["retain"], splits["test"]
@@ -229,6 +239,11 @@ def evidence_for_request(
         **{k: v for k, v in retrained_figures.items() if k != "per_class_test"},
         "per_class_test": retrained_figures["per_class_test"],
         "sha256": reference.sha256, "seconds": reference.train_seconds, "from_cache": reference.from_cache,
+        "views": model_views(reference.model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection),
+    }
+    original = {
+        "per_class_test_original": original_figures["per_class_test"],
+        "original_views": model_views(model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection),
     }
 
     features: dict[Any, Any] = {}  # the reference models' features, extracted once per request
@@ -239,9 +254,10 @@ def evidence_for_request(
             goal_met=[o.goal_met for o in result.outcomes], ids=list(request.ids),
             original_figures=original_figures, retrained=reference.model, retrained_figures=retrained_figures,
             num_classes=data.num_classes, seed=seed, feature_cache=features,
+            new_labels=request.new_labels, projection=projection,
         )
 
-    return gather, retrained, original_figures["per_class_test"]
+    return gather, retrained, original
 
 
 #: Evidence figures averaged over seeds in the summary, and where each is in a run's evidence.
