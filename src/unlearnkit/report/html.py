@@ -27,9 +27,17 @@ from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.report import svg
+from unlearnkit.report.common import DASH, fmt
+from unlearnkit.report.common import as_list as _list
+from unlearnkit.report.common import as_map as _map
+from unlearnkit.report.common import attr as _attr
+from unlearnkit.report.common import evidence_of as _evidence
+from unlearnkit.report.common import figure as _figure
+from unlearnkit.report.common import legend_keys as _legend_keys
+from unlearnkit.report.common import note as _note
+from unlearnkit.report.common import number as _num
 from unlearnkit.utils.io import write_atomic
 
-DASH = "–"
 
 
 class ResultsFormatError(UnlearnkitError, ValueError):
@@ -39,62 +47,6 @@ class ResultsFormatError(UnlearnkitError, ValueError):
 # --------------------------------------------------------------------------------------------
 # Small helpers: defensive access and number formatting
 # --------------------------------------------------------------------------------------------
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    """``value`` if it is a mapping, else an empty one (a malformed field reads as missing)."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    """``value`` as a list if it is a list or tuple, else an empty list."""
-    return list(value) if isinstance(value, (list, tuple)) else []
-
-
-def _num(value: Any) -> float | None:
-    """A finite number as float, anything else (None, NaN, text, bool) as None."""
-    return float(value) if svg.is_number(value) else None
-
-
-def fmt(value: Any, kind: str = "pct") -> str:
-    """A value as the report shows it; missing or non-finite values become an en dash.
-
-    Args:
-        value: The value.
-        kind: ``pct`` (one decimal), ``auc``/``cka`` (three), ``score``/``margin`` (two),
-            ``int``, ``sec`` (two decimals below 10 s, else one), ``loss``/``rel`` (three
-            significant digits), or ``text``.
-
-    Returns:
-        The text (not yet HTML-escaped).
-
-    Example:
-        >>> fmt(97.25), fmt(0.51234, "auc"), fmt(12.0, "int"), fmt(None), fmt(float("nan"))
-        ('97.2', '0.512', '12', '–', '–')
-        >>> fmt(0.000123, "rel"), fmt(3.14159, "sec"), fmt(42.0, "sec")
-        ('0.000123', '3.14', '42.0')
-    """
-    if kind == "text":
-        return DASH if value is None else str(value)
-    number = _num(value)
-    if number is None:
-        return DASH
-    if kind == "pct":
-        return f"{number:.1f}"
-    if kind in ("auc", "cka"):
-        return f"{number:.3f}"
-    if kind in ("score", "margin"):
-        return f"{number:.2f}"
-    if kind == "int":
-        return f"{round(number):d}"
-    if kind == "sec":
-        return f"{number:.2f}" if abs(number) < 10 else f"{number:.1f}"
-    return f"{number:.3g}"
-
-
-def _attr(value: Any) -> str:
-    """Text escaped for a double-quoted HTML attribute."""
-    return escape(str(value), quote=True)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -260,11 +212,6 @@ def _columns(goal: str) -> list[Column]:
         Column("verdict", "verdict", "Do the evidence checks pass? Hover a cell for every check.", "text"),
     ]
     return cols
-
-
-def _evidence(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    evidence = run.get("evidence")
-    return evidence if isinstance(evidence, Mapping) else None
 
 
 def _verdict_cell(evidence: Mapping[str, Any] | None) -> Cell | None:
@@ -438,10 +385,6 @@ def _request_label(request: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # Views
 # --------------------------------------------------------------------------------------------
-
-
-def _note(text: str, kind: str = "info") -> str:
-    return f'<p class="note {kind}">{escape(text)}</p>'
 
 
 def _guard(name: str, view: Callable[..., str], *args: Any) -> str:
@@ -709,10 +652,6 @@ def _ordered_names(items: Iterable[Any], key: str) -> list[str]:
     return list(dict.fromkeys(str(i[key]) for i in items if isinstance(i, Mapping) and key in i))
 
 
-def _figure(title: str, body: str, legend: str) -> str:
-    return f'<figure><h4>{escape(title)}</h4>{body}<figcaption class="legend">{escape(legend)}</figcaption></figure>'
-
-
 def _layers_view(request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> str:
     with_evidence = [(str(r.get("method", "?")), _map(_evidence(r))) for r in runs if _evidence(r)]
     parts = []
@@ -757,11 +696,6 @@ def _layers_view(request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], 
             f"Per layer, input to output: {good} (mind where the axis starts). Forgetting that shows "
             "only in the last layers, the rest staying like the original, is shallow.")))
     return '<div class="views three">' + "".join(parts) + "</div>"
-
-
-def _legend_keys(series: Iterable[tuple[str, str, Any]]) -> str:
-    keys = "".join(f'<span><span class="swatch" style="background:{c}"></span>{escape(n)}</span>' for n, c, _ in series)
-    return f'<div class="keys">{keys}</div>'
 
 
 def _request_section(
