@@ -207,17 +207,9 @@ def scatter(
     left, right, top, bottom = 58, 18, 14, 46
     x_ticks = nice_ticks(*_domain([p.x for p in points], x_bounds))
     y_ticks = nice_ticks(*_domain([p.y for p in points], y_bounds))
-    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * plot_w
-
-    def sy(v: float) -> float:
-        return top + (1 - (v - y0) / (y1 - y0)) * plot_h
-
     parts = [_svg_open(width, height, label)]
-    _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (sx, sy), (x_label, y_label), height)
+    sx, sy = _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (x_label, y_label), height)
     if reference is not None:
         rx, ry = sx(reference.x), sy(reference.y)
         dashed = 'stroke="#111" stroke-dasharray="4 3" stroke-opacity="0.5"'
@@ -589,11 +581,19 @@ def image_svg(image: Any, *, size: int = 64, label: str = "image") -> str | None
 
 def _frame(
     parts: list[str], box: tuple[float, float, float, float], x_ticks: Sequence[float], y_ticks: Sequence[float],
-    scale: tuple[Callable[[float], float], Callable[[float], float]], titles: tuple[str, str], height: float,
-) -> None:
-    """Plot area, grid, tick labels and axis titles of a chart with numeric axes."""
+    titles: tuple[str, str], height: float,
+) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """Draws the plot area, grid, tick labels and axis titles of a chart with numeric axes into
+    ``parts``, and returns its value-to-pixel functions ``(sx, sy)``."""
     left, top, plot_w, plot_h = box
-    sx, sy = scale
+    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
+
+    def sx(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * plot_w
+
+    def sy(v: float) -> float:
+        return top + (1 - (v - y0) / (y1 - y0)) * plot_h
+
     parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fbfbfb" stroke="#ccc"/>')
     for t in x_ticks:
         parts.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + plot_h}" stroke="#eee"/>')
@@ -604,6 +604,7 @@ def _frame(
     parts.append(_text(left + plot_w / 2, height - 8, titles[0], anchor="middle", cls="axis-title"))
     parts.append(_text(14, top + plot_h / 2, titles[1], anchor="middle", cls="axis-title",
                        extra=f' transform="rotate(-90 14 {top + plot_h / 2:.1f})"'))
+    return sx, sy
 
 
 def xy_chart(
@@ -643,17 +644,9 @@ def xy_chart(
     xs = [float(x) for _, _, values, _ in series for x in values if is_number(x)] or [0.0, 1.0]
     x_ticks = nice_ticks(*_domain(xs, min_span=1e-6, pad_fraction=0.02))
     y_ticks = nice_ticks(*y_domain)
-    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * plot_w
-
-    def sy(v: float) -> float:
-        return top + (1 - (v - y0) / (y1 - y0)) * plot_h
-
     parts = [_svg_open(width, height, label)]
-    _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (sx, sy), (x_label, y_label), height)
+    sx, sy = _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (x_label, y_label), height)
     for x, text in marks:
         if is_number(x):
             parts.append(f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{top + plot_h}" stroke="#111" '
@@ -735,17 +728,9 @@ def map_2d(
     ys = [p[1] for p in background if is_number(p[1])] + [m.y for m in marks if is_number(m.y)]
     x_ticks = nice_ticks(*_domain(xs or [0.0, 1.0], min_span=1e-6))
     y_ticks = nice_ticks(*_domain(ys or [0.0, 1.0], min_span=1e-6))
-    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * plot_w
-
-    def sy(v: float) -> float:
-        return top + (1 - (v - y0) / (y1 - y0)) * plot_h
-
     parts = [_svg_open(width, height, label)]
-    _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (sx, sy), (x_label, y_label), height)
+    sx, sy = _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (x_label, y_label), height)
     for x, y, color in background:
         if is_number(x) and is_number(y):
             parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6" fill="{color}" fill-opacity="0.7"/>')
