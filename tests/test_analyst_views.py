@@ -4,11 +4,19 @@ their evidence from gather_evidence on the digits fixtures, and their place in t
 from __future__ import annotations
 
 import copy
+import html
+import json
 import math
+import re
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+
+# The report tests share the HTML report's synthetic fixture and browser harness.
+from test_report_html import _dump_dom, _html_attributes, make_results, needs_chromium
 from torch import Tensor
 
 from unlearnkit.data import DataSplit
@@ -16,6 +24,7 @@ from unlearnkit.metrics.embedding import forget_marks, project_2d
 from unlearnkit.metrics.prediction_matrix import prediction_matrix
 from unlearnkit.metrics.privacy import attack_signals, epsilons, privacy_attack
 from unlearnkit.models import SmallCNN
+from unlearnkit.report import render_report
 from unlearnkit.scenarios.evidence import gather_evidence, model_figures
 from unlearnkit.scenarios.views import model_views, sample_indices
 
@@ -249,3 +258,144 @@ def test_model_views_of_the_same_model_are_identical(trained_cnn: SmallCNN, spli
     assert first == again
     assert first["embedding"]["reference"] is False
     assert first["embedding"]["forget"]["mark"] == ["not forgotten"] * 4  # the fixture's set is classified right
+
+
+# ------------------------------------------------------------------------------------------------
+# The report
+# ------------------------------------------------------------------------------------------------
+
+VIEW_HEADINGS = ("Per-class accuracy gap between two models", "Prediction matrix",
+                 "Embedding map of penultimate features", "Privacy attack")
+
+
+def _no_view_failed(page: str) -> bool:
+    return "view-error" not in page.replace(".view-error", "")
+
+
+def test_report_renders_the_analyst_views() -> None:
+    results = make_results()
+    page = render_report(results)
+    assert _no_view_failed(page)
+    for heading in VIEW_HEADINGS:
+        assert f"<h3>{heading}</h3>" in page
+    for slug in ("gap", "matrix", "embedding", "privacy", "layers"):
+        assert f'id="request-0-{slug}"' in page
+    assert ">PS</button>" in page
+    # The PS of the first run is in the table; the retrained row shows 1.
+    first = results["runs"][0]
+    assert f'data-sort="{first["evidence"]["privacy"]["score"]!r}"' in page
+    assert "true 0" in page and "mean confidence" in page and "no examples" in page
+    assert "over-forgotten" in page and "PS = " in page
+    assert "· forget" in page and 'stroke-dasharray="6 4"' in page  # split CKA: dashed = other data
+    # The request without a retrained reference says why it has no privacy attack.
+    assert "no retrained reference: the attack compares against retraining" in page
+    # The two-model gap: every model's per-class accuracy is in the page as JSON.
+    section = page.split('id="request-1"')[0]
+    options = re.findall(r'<select class="gap-a">(.*?)</select>', section)[0]
+    names = [html.unescape(n) for n in re.findall(r'<option value="([^"]*)"', options)]
+    assert names[:2] == ["original", "retrained"] and "l2ul" in names
+    assert "l2ul minus original" in section
+
+
+def test_analyst_views_escape_method_names() -> None:
+    evil = '<img onerror="x()">'
+    page = render_report(make_results(["l2ul", evil]))
+    assert evil not in page and html.escape(evil) in page
+    assert page.count("<script>") == 2  # JSON data sits in escaped attributes, not in scripts
+    assert _no_view_failed(page)
+
+
+def _strip_analyst_fields(results: dict[str, Any]) -> dict[str, Any]:
+    for request in results["requests"]:
+        request.pop("original_views", None)
+        if isinstance(request.get("retrained"), dict):
+            request["retrained"].pop("views", None)
+    for run in results["runs"]:
+        evidence = run.get("evidence")
+        if evidence:
+            evidence.pop("views", None)
+            evidence.pop("privacy", None)
+            for entry in evidence["cka_layers"]:
+                for key in ("original_forget", "original_other", "retrained_forget", "retrained_other"):
+                    entry.pop(key, None)
+    return results
+
+
+def test_old_files_without_the_new_fields_render_notes() -> None:
+    page = render_report(_strip_analyst_fields(make_results()))
+    assert _no_view_failed(page)
+    assert "No prediction matrices in this file" in page
+    assert "No embedding maps in this file" in page
+    assert "No privacy attack in this file" in page
+    assert "CKA to the original model" in page and "· forget" not in page  # the combined CKA as before
+    assert "l2ul minus original" in page  # per-class accuracies were there before: the gap view works
+
+
+def test_malformed_analyst_fields_do_not_break_the_page() -> None:
+    results = make_results()
+    results["runs"][0]["evidence"]["views"] = {"prediction_matrix": {"forget": {"counts": "x"}}, "embedding": 3}
+    results["runs"][1]["evidence"]["privacy"] = {"score": "high", "curves": [None, {"signal": 1}]}
+    results["requests"][0]["original_views"] = {"embedding": {"test": {"x": [1, None, "a"], "y": [2], "label": ["q"]}}}
+    page = render_report(results)
+    assert 'data-method="l2ul"' in page and "Privacy attack" in page
+
+
+# Appended to a copy of the page: picks two models in the first gap view, and "retrained" in the
+# first prediction-matrix picker, and records what the page then shows.
+GAP_PROBE = """
+<script>
+(function () {
+  var section = document.querySelector("section.request");
+  var box = section.querySelector("div.class-gap");
+  var a = box.querySelector("select.gap-a"), b = box.querySelector("select.gap-b");
+  a.value = "retrained"; a.dispatchEvent(new Event("change"));
+  b.value = "neggrad"; b.dispatchEvent(new Event("change"));
+  var root = document.documentElement;
+  root.setAttribute("data-probe-gap", box.getAttribute("data-shown"));
+  root.setAttribute("data-probe-gap-title", box.querySelector(".gap-title").textContent);
+  root.setAttribute("data-probe-gap-ticks", JSON.stringify(Array.prototype.map.call(
+    box.querySelectorAll("text[data-tick]"), function (t) { return t.textContent; })));
+  var picker = section.querySelector('select.view-picker[data-group$="-matrix"]');
+  picker.value = "retrained"; picker.dispatchEvent(new Event("change"));
+  var visible = Array.prototype.filter.call(section.querySelectorAll(".pickable"), function (el) {
+    return el.getAttribute("data-pick-group") === picker.getAttribute("data-group") && !el.hidden;
+  }).map(function (el) { return el.getAttribute("data-pick"); });
+  root.setAttribute("data-probe-matrix", JSON.stringify(visible));
+})();
+</script>
+"""
+
+
+@needs_chromium
+def test_gap_view_and_pickers_in_headless_chromium(tmp_path: Path) -> None:
+    results = make_results()
+    page = tmp_path / "probe.html"
+    page.write_text(render_report(results).replace("</body>", GAP_PROBE + "</body>"), encoding="utf-8")
+    dom, console = _dump_dom(tmp_path, page)
+    attributes = _html_attributes(dom)
+    assert attributes.get("data-report-ready") == "1"
+    assert "data-js-errors" not in attributes and console == [], (attributes.get("data-js-errors"), console)
+    request = results["requests"][0]
+    neggrad = next(r for r in results["runs"] if r["method"] == "neggrad" and r["seed"] == request["seed"]
+                   and r["goal"] == request["goal"])
+    expected = [round(b - a, 3) for a, b in zip(request["retrained"]["per_class_test"], neggrad["evidence"]["per_class_test"])]
+    assert json.loads(attributes["data-probe-gap"]) == pytest.approx(expected, abs=1e-3)
+    assert attributes["data-probe-gap-title"] == "neggrad minus retrained"
+    largest = max(abs(v) for v in expected)
+    limit = next(v for v in (1, 2, 5, 10, 20, 50, 100) if largest <= v)
+    assert json.loads(attributes["data-probe-gap-ticks"]) == [f"-{limit:.1f}", "0", f"+{limit:.1f}"]
+    assert json.loads(attributes["data-probe-matrix"]) == ["retrained"]
+
+
+@needs_chromium
+def test_the_page_with_analyst_views_has_no_script_errors(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(render_report(make_results()), encoding="utf-8")
+    dom, console = _dump_dom(tmp_path, page)
+    attributes = _html_attributes(dom)
+    assert attributes.get("data-report-ready") == "1"
+    assert "data-js-errors" not in attributes and console == [], (attributes.get("data-js-errors"), console)
+    # The default pickers show the first method's figures only.
+    first = dom.split('id="request-1"')[0]
+    shown = re.findall(r'<div class="pickable" data-pick-group="request-0-embedding" data-pick="([^"]*)"(?! hidden)>', first)
+    assert shown == ["l2ul"]

@@ -8,8 +8,11 @@ mailed or archived next to the JSON, and shows the same thing in ten years.
 
 For each request (seed, goal) the page shows a sortable table of every method with the
 original model and the retrained reference, a forgetting-versus-utility scatter, the per-class
-test accuracy change, per-instance cards and layer-wise weight change and CKA; with several
-seeds a summary section gives means over seeds. Anything missing (no evidence, a diverged or
+test accuracy change, per-instance cards and layer-wise weight change and CKA (on the forget set
+and on other data), then the analyst's views of :mod:`unlearnkit.report.analyst_views`
+(per-class accuracy gap between any two models, prediction matrices, embedding maps, the
+privacy attack and its score PS, which the table also shows); with several seeds a summary
+section gives means over seeds. Anything missing (no evidence, a diverged or
 unsupported run, no retrained reference) is shown as a note, never as a crash: a report is most
 needed exactly when a run went wrong.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.report import svg
+from unlearnkit.report import analyst_views, svg
 from unlearnkit.report.common import DASH, fmt
 from unlearnkit.report.common import as_list as _list
 from unlearnkit.report.common import as_map as _map
@@ -199,6 +202,9 @@ def _columns(goal: str) -> list[Column]:
                "unseen.", "pct"),
         Column("loss_auc", "loss AUC", "AUC separating D_f from test data by loss: 0.5 = indistinguishable "
                "(ideal), 1 = members stand out.", "auc"),
+        Column("ps", "PS", "Privacy score of the Unlearning Comparator: 1 − the best attack score of threshold "
+               "attacks (entropy, confidence) telling this model's forget-set outputs from the retrained "
+               "model's; 1 = indistinguishable from retraining (higher is better). See the privacy view.", "auc"),
         Column("gap", "avg gap", "Average absolute gap to the retrained model over UA, MIA-efficacy, "
                "Acc(D_r) and Acc(D_test), points: lower is better.", "pct"),
         Column("cka_orig", "CKA orig.", "Linear CKA between the features of this model and the original's "
@@ -274,6 +280,7 @@ def _run_values(run: Mapping[str, Any], color: str) -> dict[str, Any]:
         "mia": ev.get("mia_efficacy"),
         "entropy_mia": ev.get("entropy_mia"),
         "loss_auc": ev.get("loss_auc"),
+        "ps": analyst_views.privacy_score(run),
         "gap": _map(ev.get("gap")).get("average"),
         "cka_orig": _map(ev.get("cka")).get("original"),
         "cka_retr": _map(ev.get("cka")).get("retrained"),
@@ -317,6 +324,7 @@ def _retrained_values(retrained: Mapping[str, Any]) -> dict[str, Any]:
         "entropy_mia": retrained.get("entropy_mia"),
         "loss_auc": retrained.get("loss_auc"),
         "cka_retr": 1.0,
+        "ps": 1.0,  # the retrained model against itself: no attack tells it apart
         "seconds": retrained.get("seconds"),
     }
 
@@ -678,6 +686,10 @@ def _layers_view(request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], 
     ):
         if not layers:
             break
+        split = analyst_views.split_cka_chart(key, title, layers, with_evidence, colors)
+        if split is not None:  # CKA on forget and other data recorded: show both, not the mix
+            parts.append(split)
+            continue
         series = []
         for name, ev in with_evidence:
             by_layer = {str(_map(i).get("layer")): _map(i).get(key) for i in _list(ev.get("cka_layers"))}
@@ -723,8 +735,25 @@ def _request_section(
         + "</div><div><h3>Per-class test accuracy change</h3>"
         + _guard("per-class", _per_class_view, request, runs, colors) + "</div></div>"
         + "<h3>Forget instances</h3>" + _guard("instance cards", _cards_view, request, runs, colors)
-        + "<h3>Layer-wise change</h3>" + _guard("layer-wise", _layers_view, request, runs, colors)
+        + f'<div class="analyst-view" id="request-{index}-layers"><h3>Layer-wise change</h3>'
+        + _guard("layer-wise", _layers_view, request, runs, colors) + "</div>"
+        + _analyst_sections(f"request-{index}", request, runs)
         + "</section>"
+    )
+
+
+def _analyst_sections(key: str, request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str:
+    """The analyst's views (see :mod:`unlearnkit.report.analyst_views`), each with an anchor."""
+    views = (
+        ("gap", "Per-class accuracy gap between two models", analyst_views.class_gap_view),
+        ("matrix", "Prediction matrix", analyst_views.prediction_matrix_view),
+        ("embedding", "Embedding map of penultimate features", analyst_views.embedding_view),
+        ("privacy", "Privacy attack", analyst_views.privacy_view),
+    )
+    return "".join(
+        f'<div class="analyst-view" id="{_attr(f"{key}-{slug}")}"><h3>{escape(title)}</h3>'
+        + _guard(title.lower(), view, key, request, runs) + "</div>"
+        for slug, title, view in views
     )
 
 
@@ -745,7 +774,7 @@ def _mean_sd(values: Sequence[float], kind: str) -> Cell | None:
 
 
 SUMMARY_KEYS = ("acc_forget", "acc_retain", "acc_test", "acc_relabel", "loss_forget", "unseen", "ua", "mia",
-                "entropy_mia", "loss_auc", "gap", "cka_orig", "cka_retr", "relearn", "steps", "seconds")
+                "entropy_mia", "loss_auc", "ps", "gap", "cka_orig", "cka_retr", "relearn", "steps", "seconds")
 
 
 def _plain(value: Any) -> float | None:
@@ -1074,9 +1103,9 @@ def render_report(results: Mapping[str, Any], *, title: str | None = None) -> st
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><script>{ERROR_CAPTURE_JS}</script><style>{CSS}</style></head>"
+        f"<title>{escape(title)}</title><script>{ERROR_CAPTURE_JS}</script><style>{CSS}{analyst_views.ANALYST_CSS}</style></head>"
         f"<body>{_header(results, title, runs)}{nav}<main>{''.join(sections)}"
-        f"<footer>{escape(footer)}</footer></main><script>{MAIN_JS}</script></body></html>\n"
+        f"<footer>{escape(footer)}</footer></main><script>{analyst_views.ANALYST_JS}{MAIN_JS}</script></body></html>\n"
     )
 
 

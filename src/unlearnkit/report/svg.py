@@ -264,6 +264,7 @@ def heatmap(
     row_colors: Sequence[str] | None = None,
     label: str = "heatmap",
     col_title: str = "class",
+    sparse: bool = False,
 ) -> str:
     """A table of coloured cells with the value written in each (diverging colours around 0).
 
@@ -276,6 +277,9 @@ def heatmap(
         row_colors: A swatch colour per row (the method's colour elsewhere in the report).
         label: Accessible name of the chart.
         col_title: What a column is, in the hover text (``"<row>, <col_title> <col>: value"``).
+        sparse: Draw only the cells with a non-zero value, on one light background: for
+            mostly empty matrices (a prediction matrix), where a dash in every empty cell would
+            be noise and bloat the page.
 
     Returns:
         The ``<svg>`` element as a string.
@@ -292,6 +296,9 @@ def heatmap(
     width = label_w + cell_w * len(col_labels) + 4
     height = top + cell_h * len(row_labels) + 4
     parts = [_svg_open(width, height, label)]
+    if sparse:
+        parts.append(f'<rect x="{label_w}" y="{top}" width="{cell_w * len(col_labels) - 2}" '
+                     f'height="{cell_h * len(row_labels) - 2}" fill="#f7f7f7"/>')
     for j, col in enumerate(col_labels):
         parts.append(_text(label_w + cell_w * (j + 0.5), top - 7, truncate(col, 6), anchor="middle", cls="tick"))
     for i, row in enumerate(row_labels):
@@ -302,6 +309,8 @@ def heatmap(
         for j, col in enumerate(col_labels):
             v = values[i][j] if j < len(values[i]) else None
             x = label_w + cell_w * j
+            if sparse and not (is_number(v) and v != 0):
+                continue
             if is_number(v):
                 fill = diverging_color(float(v), limit)
                 text = value_format(float(v))
@@ -731,9 +740,12 @@ def map_2d(
     plot_w, plot_h = width - left - right, height - top - bottom
     parts = [_svg_open(width, height, label)]
     sx, sy = _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (x_label, y_label), height)
-    for x, y, color in background:
+    by_color: dict[str, list[str]] = {}
+    for x, y, color in background:  # one group per colour: the dots then carry only a position
         if is_number(x) and is_number(y):
-            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6" fill="{color}" fill-opacity="0.7"/>')
+            by_color.setdefault(color, []).append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6"/>')
+    for color, dots in by_color.items():
+        parts.append(f'<g fill="{color}" fill-opacity="0.7">{"".join(dots)}</g>')
     for mark in marks:
         if is_number(mark.x) and is_number(mark.y):
             parts.append(_map_marker(mark, sx(mark.x), sy(mark.y)))
@@ -753,9 +765,10 @@ def diverging_hbars(
     """One horizontal bar per label from a centre line: red to the left for negative values,
     blue to the right for positive, on a fixed scale of ``±limit``.
 
-    The bars and value texts carry ``data-index`` and the SVG ``data-zero``, ``data-half`` and
-    ``data-limit`` (centre x, half width in pixels, the scale's limit), so that a script can
-    redraw the bars for other values on the same scale.
+    The bars and value texts carry ``data-index``, the end ticks ``data-tick`` (-1, 1) and the
+    SVG ``data-zero``, ``data-half`` and ``data-limit`` (centre x, half width in pixels, the
+    drawn limit), so that a script can
+    redraw the bars and the scale for other values.
 
     Args:
         labels: Row labels, top to bottom.
@@ -796,13 +809,15 @@ def diverging_hbars(
             length, x, fill, tip, shown = 0.0, zero, "#ccc", f"{text}: n/a", "n/a"
         parts.append(f'<rect data-index="{i}" x="{x:.1f}" y="{y + 2}" width="{length:.1f}" height="{row_h - 4}" '
                      f'fill="{fill}"><title>{escape(tip)}</title></rect>')
-        tx = zero + half + 4 if not is_number(v) or v >= 0 else zero - half - 4
+        tx = zero + length + 4 if not is_number(v) or v >= 0 else zero - length - 4
         anchor = "start" if not is_number(v) or v >= 0 else "end"
         parts.append(_text(tx, y + row_h / 2 + 4, shown, anchor=anchor, cls="bar-value",
                            extra=f' data-index="{i}"'))
     axis_y = top + row_h * len(labels)
     parts.append(f'<line x1="{zero:.1f}" y1="{top}" x2="{zero:.1f}" y2="{axis_y}" stroke="#666"/>')
-    for v, anchor in ((-limit, "middle"), (0.0, "middle"), (limit, "middle")):
-        parts.append(_text(zero + v / limit * half, axis_y + 14, value_format(v) if v else "0", anchor=anchor, cls="tick"))
+    for side in (-1, 0, 1):
+        v = side * limit
+        parts.append(_text(zero + side * half, axis_y + 14, value_format(v) if side else "0", anchor="middle",
+                           cls="tick", extra=f' data-tick="{side}"'))
     parts.append("</svg>")
     return "".join(parts)
