@@ -270,6 +270,7 @@ EVIDENCE_FIGURES: dict[str, Callable[[Mapping[str, Any]], float | None]] = {
     "cka_retrained": lambda e: e["cka"]["retrained"],
     "knn_forget": lambda e: e["knn_forget"],
     "relearn_steps": lambda e: e["relearn"]["steps"] if e["relearn"]["reached"] else None,
+    "privacy_score": lambda e: (e.get("privacy") or {}).get("score"),
 }
 
 
