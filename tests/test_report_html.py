@@ -47,6 +47,65 @@ def _image(rng: random.Random, nested_channel: bool) -> list[Any]:
     return [grid] if nested_channel else grid
 
 
+def _matrix(rng: random.Random, labels: list[int], rows: int) -> dict[str, Any]:
+    """A prediction matrix shaped like ``PredictionMatrix.to_dict``: ``rows`` examples drawn from
+    ``labels`` (classes not drawn have no examples: a row of ``None``)."""
+    counts = [0] * 10
+    cells = [[0] * 10 for _ in range(10)]
+    for _ in range(rows):
+        t = rng.choice(labels)
+        p = t if rng.random() < 0.7 else rng.randrange(10)
+        counts[t] += 1
+        cells[t][p] += 1
+    return {
+        "counts": counts,
+        "share": [[round(c / counts[t], 3) for c in cells[t]] if counts[t] else None for t in range(10)],
+        "confidence": [[round(rng.uniform(0.3, 1.0), 3) if cells[t][p] else None for p in range(10)] for t in range(10)],
+    }
+
+
+def analyst_views(seed: int, labels: list[int], retrained: bool) -> dict[str, Any]:
+    """A model's ``views`` (prediction matrices and embedding map), as the demo records them.
+
+    Its own generator, so that adding these fields leaves the rest of the fixture unchanged.
+    """
+    rng = random.Random(seed)
+    marks = ["forgotten", "not forgotten", "over-forgotten"] if retrained else ["forgotten", "not forgotten"]
+    return {
+        "prediction_matrix": {"forget": _matrix(rng, labels, len(labels)), "test": _matrix(rng, list(range(10)), 60),
+                              "test_size": 60},
+        "embedding": {
+            "projection": "pca", "layer": "classifier.1:input", "fit_on": "40 test points (seeded sample)",
+            "test": {"x": [round(rng.gauss(0, 3), 3) for _ in range(40)], "y": [round(rng.gauss(0, 3), 3) for _ in range(40)],
+                     "label": [i % 10 for i in range(40)]},
+            "forget": {"x": [round(rng.gauss(0, 3), 3) for _ in labels], "y": [round(rng.gauss(0, 3), 3) for _ in labels],
+                       "label": labels, "pred": [rng.randrange(10) for _ in labels],
+                       "mark": [marks[i % len(marks)] for i in range(len(labels))]},
+            "reference": retrained,
+        },
+    }
+
+
+def privacy_record(seed: int, k: int, retrained: bool) -> dict[str, Any]:
+    """A run's ``privacy`` record, shaped like ``PrivacyAttack.to_dict``."""
+    if not retrained:
+        return {"score": None, "reason": "no retrained reference: the attack compares against retraining"}
+    rng = random.Random(seed)
+    curves = []
+    for signal in ("entropy", "confidence"):
+        thresholds = sorted(round(rng.uniform(-3, 3), 4) for _ in range(2 * k))
+        fpr = [round(1 - (i + 1) / len(thresholds), 4) for i in range(len(thresholds))]
+        fnr = [round(min(1.0, i / len(thresholds) * rng.uniform(0.3, 1.0)), 4) for i in range(len(thresholds))]
+        score = [round(rng.uniform(0, 0.8), 4) for _ in thresholds]
+        best = max(range(len(score)), key=score.__getitem__)
+        curves.append({"signal": signal, "direction": ">", "best_threshold": thresholds[best], "best_score": score[best],
+                       "thresholds": thresholds, "fpr": fpr, "fnr": fnr, "score": score})
+    strongest = max(curves, key=lambda c: c["best_score"])
+    return {"score": round(1 - strongest["best_score"], 4), "delta": 1e-5, "n": k,
+            "strongest": {"signal": strongest["signal"], "direction": ">", "threshold": strongest["best_threshold"],
+                          "score": strongest["best_score"]}, "curves": curves}
+
+
 def _evidence(rng: random.Random, method: str, k: int, ids: list[int], retrained: bool) -> dict[str, Any]:
     ua = rng.uniform(60, 100)
     return {
@@ -57,7 +116,9 @@ def _evidence(rng: random.Random, method: str, k: int, ids: list[int], retrained
         "gap": {"average": rng.uniform(1, 20), "ua": 3.0, "mia_efficacy": 5.0, "ra": 1.0, "ta": 0.5} if retrained else None,
         "cka": {"original": rng.uniform(0.7, 1.0), "retrained": rng.uniform(0.6, 0.95) if retrained else None},
         "cka_layers": [
-            {"layer": layer, "original": 1.0 - 0.1 * i * rng.random(), "retrained": (0.9 - 0.1 * i * rng.random()) if retrained else None}
+            {"layer": layer, "original": 1.0 - 0.1 * i * rng.random(), "retrained": (0.9 - 0.1 * i * rng.random()) if retrained else None,
+             "original_forget": 1.0 - 0.15 * i, "original_other": 1.0 - 0.05 * i,
+             "retrained_forget": (0.9 - 0.1 * i) if retrained else None, "retrained_other": (0.95 - 0.05 * i) if retrained else None}
             for i, layer in enumerate(LAYERS)
         ],
         "knn_forget": rng.uniform(0, 100),
@@ -109,6 +170,9 @@ def make_results(methods: list[str] | None = None) -> dict[str, Any]:
                     "per_class_test": [rng.uniform(90, 100) for _ in range(10)], "seconds": 4.2, "from_cache": seed == 1,
                 } if has_retrained else None,
             })
+            requests[-1]["original_views"] = analyst_views(seed * 10 + len(requests), labels, False)
+            if has_retrained:
+                requests[-1]["retrained"]["views"] = analyst_views(seed * 10 + len(requests) + 5, labels, False)
             for method in methods:
                 run: dict[str, Any] = {"method": method, "seed": seed, "goal": goal, "error": None}
                 if method == "neggrad" and seed == 1 and goal == "misclassify":
@@ -138,6 +202,10 @@ def make_results(methods: list[str] | None = None) -> dict[str, Any]:
                                 "model_sha256_before": "a" * 64, "model_sha256_after": "b" * 64, "outcomes": outcomes},
                         evidence=None if evidence_off else _evidence(rng, method, k, ids, has_retrained),
                     )
+                    if run["evidence"] is not None:
+                        salt = seed * 100 + len(runs)
+                        run["evidence"]["views"] = analyst_views(salt, labels, has_retrained)
+                        run["evidence"]["privacy"] = privacy_record(salt, k, has_retrained)
                 runs.append(run)
     return {
         "schema_version": 2, "created": "2025-01-01T00:00:00+00:00",

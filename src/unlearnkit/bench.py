@@ -303,16 +303,15 @@ class CellRunner:
         cls = method_class(cell.method)
         base = default.model
         if cls.trains_own_model:
-            # Its own model (S3T), prepared once per data set and cached; its evidence compares
-            # figures, not layers, with the retrained reference (other architecture).
+            # Its own model (S3T), prepared once per data set and cached; its evidence takes it
+            # as the original.
             key = f"{cell.dataset}/{cell.method}"
             if key not in self._own_models:
                 self._own_models[key] = model_for_method(cell.method, default, settings.cache_directory)
             base = self._own_models[key]
             if settings.evidence:
                 gather = evidence_for_request(
-                    base, data, request, splits, cell.dataset, settings.cache_directory, cell.seed, False,
-                    compare_features=False,
+                    base, data, request, splits, cell.dataset, settings.cache_directory, cell.seed, False
                 )[0]
         if (cell.mode == "relabel" and not cls.supports_relabel) or (cell.mode == "unseen" and not cls.supports_unseen):
             record = RunRecord(cell.method, cell.seed, cell.mode, "unsupported", error=f"{cell.method} does not support {cell.mode!r}")

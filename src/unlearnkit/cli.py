@@ -161,13 +161,17 @@ def methods() -> None:
     "forget set (trained once per request, cached), CKA, k-NN, collateral damage, relearn steps, verdict.",
 )
 @click.option(
+    "--embedding", "projection", type=click.Choice(["pca", "umap"]), default="pca", show_default=True,
+    help="Projection of the report's embedding maps of penultimate features; umap needs umap-learn.",
+)
+@click.option(
     "--report/--no-report", "html_report", default=True, show_default=True,
     help="Also write the HTML report next to the results JSON (same name, .html).",
 )
 def demo(
     dataset: str,
     k: int, seeds: str, mode: str, method_spec: str, settings: tuple[str, ...], output: Path,
-    cache_dir: Path | None, progress: bool | None, evidence: bool, html_report: bool, scenario: str,
+    cache_dir: Path | None, progress: bool | None, evidence: bool, projection: str, html_report: bool, scenario: str,
     corruptions: str,
 ) -> None:
     """Unlearn k random training instances from a pretrained CNN with each method.
@@ -194,7 +198,7 @@ def demo(
         report = run_demo(
             dataset=dataset, k=k, seeds=parse_seeds(seeds), goals=goals, methods=chosen,  # type: ignore[arg-type]
             hyperparams=parse_settings(settings, chosen), cache_directory=cache_dir, progress=show,
-            evidence=evidence,
+            evidence=evidence, projection=projection,
         )
         click.echo(demo_tables(report))
         write_json_atomic(output, report)

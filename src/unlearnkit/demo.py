@@ -32,6 +32,7 @@ from unlearnkit.result import UnlearnResult
 from unlearnkit.scenarios.evidence import gather_evidence, model_figures
 from unlearnkit.scenarios.forget_sets import draw_forget_set
 from unlearnkit.scenarios.single import RunRecord, run_request
+from unlearnkit.scenarios.views import model_views
 from unlearnkit.utils.modules import predict_logits
 from unlearnkit.utils.versions import environment_versions
 
@@ -105,6 +106,7 @@ def run_demo(
     cache_directory: str | Path | None = None,
     progress: bool = False,
     evidence: bool = True,
+    projection: str = "pca",
 ) -> dict[str, Any]:
     """Runs every method on k random forget instances of a pretrained model (default: digits).
 
@@ -128,6 +130,8 @@ def run_demo(
             retrained without the forget set, CKA, k-NN, collateral damage, relearn steps,
             verdict; see :func:`~unlearnkit.scenarios.evidence.gather_evidence`). Retrains the
             model once per forget set (about 4 s on digits, cached).
+        projection: Projection of the report's embedding maps: ``"pca"`` (default) or
+            ``"umap"`` (needs umap-learn).
 
     Returns:
         The report: data set, model (with sha256), configuration, one entry per request with the
@@ -145,6 +149,7 @@ def run_demo(
     return _run_cells(
         default, own_models, k=k, seeds=seeds, goals=goals, methods=methods, hyperparams=hyperparams,
         dataset=dataset, cache_directory=cache_directory, progress=progress, evidence=evidence,
+        projection=projection,
     )
 
 
@@ -187,6 +192,7 @@ def _run_cells(
     cache_directory: str | Path | None,
     progress: bool,
     evidence: bool,
+    projection: str,
 ) -> dict[str, Any]:
     """:func:`run_demo`'s loop over seeds, goals and methods. ``own_models`` holds the models of
     methods that train their own (``trains_own_model``); they unlearn from those, and their
@@ -213,9 +219,10 @@ def _run_cells(
         }
         gather = None
         if evidence:
-            gather, entry["retrained"], entry["per_class_test_original"] = evidence_for_request(
-                model, data, request, splits, dataset, cache_directory, seed, progress
+            gather, entry["retrained"], extras = evidence_for_request(
+                model, data, request, splits, dataset, cache_directory, seed, progress, projection=projection
             )
+            entry.update(extras)
         requests.append(entry)
         for method in methods:
             bar.set_postfix(method=method, goal=goal, seed=seed)
@@ -229,7 +236,7 @@ def _run_cells(
             base, gather_run = own_models.get(method, model), gather
             if evidence and base is not model:
                 gather_run = evidence_for_request(
-                    base, data, request, splits, dataset, cache_directory, seed, progress, compare_features=False
+                    base, data, request, splits, dataset, cache_directory, seed, progress, projection=projection
                 )[0]
             record = run_request(
                 base, request, method, splits=splits, seed=seed, hyperparams=hyperparams.get(method),
@@ -249,6 +256,7 @@ def _run_cells(
         "config": {
             "k": k, "seeds": list(seeds), "goals": list(goals), "methods": list(methods),
             "hyperparams": {m: dict(v) for m, v in hyperparams.items()}, "evidence": evidence,
+            "projection": projection,
         },
         "requests": requests,
         "runs": runs,
@@ -267,11 +275,12 @@ def evidence_for_request(
     seed: int,
     progress: bool,
     *,
-    compare_features: bool = True,
-) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], list[float | None]]:
-    """The retrained reference of ``request`` (cached), its figures, the original model's
-    per-class test accuracy, and a function gathering the evidence of one run (for
-    :func:`~unlearnkit.scenarios.single.run_request`'s ``evidence``).
+    projection: str = "pca",
+) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """A function gathering the evidence of one run (for
+    :func:`~unlearnkit.scenarios.single.run_request`'s ``evidence``), the retrained reference
+    of ``request`` (cached) with its figures and analyst views, and the request's figures of the
+    original model: ``{"per_class_test_original", "original_views"}``.
 
     Args:
         model: The original model.
@@ -282,9 +291,7 @@ def evidence_for_request(
         cache_directory: Model cache.
         seed: Seed of the attacks and relearn runs.
         progress: Show progress bars.
-        compare_features: Compare the unlearned model's layers with the retrained reference's
-            (CKA). ``False`` when the two have different architectures (a method that trains
-            its own model): the gap to retraining is still measured from their figures.
+        projection: Projection of the embedding maps (``"pca"`` or ``"umap"``).
     """
     forget = (request.inputs, request.labels)
     retain, test = splits["retain"], splits["test"]
@@ -295,6 +302,11 @@ def evidence_for_request(
         **{k: v for k, v in retrained_figures.items() if k != "per_class_test"},
         "per_class_test": retrained_figures["per_class_test"],
         "sha256": reference.sha256, "seconds": reference.train_seconds, "from_cache": reference.from_cache,
+        "views": model_views(reference.model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection),
+    }
+    original = {
+        "per_class_test_original": original_figures["per_class_test"],
+        "original_views": model_views(model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection),
     }
 
     features: dict[Any, Any] = {}  # the reference models' features, extracted once per request
@@ -303,12 +315,12 @@ def evidence_for_request(
         return gather_evidence(
             model, result.model, forget, retain, test,
             goal_met=[o.goal_met for o in result.outcomes], ids=list(request.ids),
-            original_figures=original_figures, retrained=reference.model if compare_features else None,
-            retrained_figures=retrained_figures,
+            original_figures=original_figures, retrained=reference.model, retrained_figures=retrained_figures,
             num_classes=data.num_classes, seed=seed, feature_cache=features,
+            new_labels=request.new_labels, projection=projection,
         )
 
-    return gather, retrained, original_figures["per_class_test"]
+    return gather, retrained, original
 
 
 #: Evidence figures averaged over seeds in the summary, and where each is in a run's evidence.
@@ -321,6 +333,7 @@ EVIDENCE_FIGURES: dict[str, Callable[[Mapping[str, Any]], float | None]] = {
     "cka_retrained": lambda e: e["cka"]["retrained"],
     "knn_forget": lambda e: e["knn_forget"],
     "relearn_steps": lambda e: e["relearn"]["steps"] if e["relearn"]["reached"] else None,
+    "privacy_score": lambda e: (e.get("privacy") or {}).get("score"),
 }
 
 

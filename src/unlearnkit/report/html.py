@@ -8,8 +8,11 @@ mailed or archived next to the JSON, and shows the same thing in ten years.
 
 For each request (seed, goal) the page shows a sortable table of every method with the
 original model and the retrained reference, a forgetting-versus-utility scatter, the per-class
-test accuracy change, per-instance cards and layer-wise weight change and CKA; with several
-seeds a summary section gives means over seeds. Anything missing (no evidence, a diverged or
+test accuracy change, per-instance cards and layer-wise weight change and CKA (on the forget set
+and on other data), then the analyst's views of :mod:`unlearnkit.report.analyst_views`
+(per-class accuracy gap between any two models, prediction matrices, embedding maps, the
+privacy attack and its score PS, which the table also shows); with several seeds a summary
+section gives means over seeds. Anything missing (no evidence, a diverged or
 unsupported run, no retrained reference) is shown as a note, never as a crash: a report is most
 needed exactly when a run went wrong.
 """
@@ -26,10 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.report import svg
+from unlearnkit.report import analyst_views, svg
+from unlearnkit.report.common import DASH, fmt
+from unlearnkit.report.common import as_list as _list
+from unlearnkit.report.common import as_map as _map
+from unlearnkit.report.common import attr as _attr
+from unlearnkit.report.common import evidence_of as _evidence
+from unlearnkit.report.common import figure as _figure
+from unlearnkit.report.common import legend_keys as _legend_keys
+from unlearnkit.report.common import note as _note
+from unlearnkit.report.common import number as _num
 from unlearnkit.utils.io import write_atomic
 
-DASH = "–"
 
 
 class ResultsFormatError(UnlearnkitError, ValueError):
@@ -39,62 +50,6 @@ class ResultsFormatError(UnlearnkitError, ValueError):
 # --------------------------------------------------------------------------------------------
 # Small helpers: defensive access and number formatting
 # --------------------------------------------------------------------------------------------
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    """``value`` if it is a mapping, else an empty one (a malformed field reads as missing)."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    """``value`` as a list if it is a list or tuple, else an empty list."""
-    return list(value) if isinstance(value, (list, tuple)) else []
-
-
-def _num(value: Any) -> float | None:
-    """A finite number as float, anything else (None, NaN, text, bool) as None."""
-    return float(value) if svg.is_number(value) else None
-
-
-def fmt(value: Any, kind: str = "pct") -> str:
-    """A value as the report shows it; missing or non-finite values become an en dash.
-
-    Args:
-        value: The value.
-        kind: ``pct`` (one decimal), ``auc``/``cka`` (three), ``score``/``margin`` (two),
-            ``int``, ``sec`` (two decimals below 10 s, else one), ``loss``/``rel`` (three
-            significant digits), or ``text``.
-
-    Returns:
-        The text (not yet HTML-escaped).
-
-    Example:
-        >>> fmt(97.25), fmt(0.51234, "auc"), fmt(12.0, "int"), fmt(None), fmt(float("nan"))
-        ('97.2', '0.512', '12', '–', '–')
-        >>> fmt(0.000123, "rel"), fmt(3.14159, "sec"), fmt(42.0, "sec")
-        ('0.000123', '3.14', '42.0')
-    """
-    if kind == "text":
-        return DASH if value is None else str(value)
-    number = _num(value)
-    if number is None:
-        return DASH
-    if kind == "pct":
-        return f"{number:.1f}"
-    if kind in ("auc", "cka"):
-        return f"{number:.3f}"
-    if kind in ("score", "margin"):
-        return f"{number:.2f}"
-    if kind == "int":
-        return f"{round(number):d}"
-    if kind == "sec":
-        return f"{number:.2f}" if abs(number) < 10 else f"{number:.1f}"
-    return f"{number:.3g}"
-
-
-def _attr(value: Any) -> str:
-    """Text escaped for a double-quoted HTML attribute."""
-    return escape(str(value), quote=True)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -247,6 +202,9 @@ def _columns(goal: str) -> list[Column]:
                "unseen.", "pct"),
         Column("loss_auc", "loss AUC", "AUC separating D_f from test data by loss: 0.5 = indistinguishable "
                "(ideal), 1 = members stand out.", "auc"),
+        Column("ps", "PS", "Privacy score of the Unlearning Comparator: 1 − the best attack score of threshold "
+               "attacks (entropy, confidence) telling this model's forget-set outputs from the retrained "
+               "model's; 1 = indistinguishable from retraining (higher is better). See the privacy view.", "auc"),
         Column("gap", "avg gap", "Average absolute gap to the retrained model over UA, MIA-efficacy, "
                "Acc(D_r) and Acc(D_test), points: lower is better.", "pct"),
         Column("cka_orig", "CKA orig.", "Linear CKA between the features of this model and the original's "
@@ -260,11 +218,6 @@ def _columns(goal: str) -> list[Column]:
         Column("verdict", "verdict", "Do the evidence checks pass? Hover a cell for every check.", "text"),
     ]
     return cols
-
-
-def _evidence(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    evidence = run.get("evidence")
-    return evidence if isinstance(evidence, Mapping) else None
 
 
 def _verdict_cell(evidence: Mapping[str, Any] | None) -> Cell | None:
@@ -327,6 +280,7 @@ def _run_values(run: Mapping[str, Any], color: str) -> dict[str, Any]:
         "mia": ev.get("mia_efficacy"),
         "entropy_mia": ev.get("entropy_mia"),
         "loss_auc": ev.get("loss_auc"),
+        "ps": analyst_views.privacy_score(run),
         "gap": _map(ev.get("gap")).get("average"),
         "cka_orig": _map(ev.get("cka")).get("original"),
         "cka_retr": _map(ev.get("cka")).get("retrained"),
@@ -370,6 +324,7 @@ def _retrained_values(retrained: Mapping[str, Any]) -> dict[str, Any]:
         "entropy_mia": retrained.get("entropy_mia"),
         "loss_auc": retrained.get("loss_auc"),
         "cka_retr": 1.0,
+        "ps": 1.0,  # the retrained model against itself: no attack tells it apart
         "seconds": retrained.get("seconds"),
     }
 
@@ -438,10 +393,6 @@ def _request_label(request: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # Views
 # --------------------------------------------------------------------------------------------
-
-
-def _note(text: str, kind: str = "info") -> str:
-    return f'<p class="note {kind}">{escape(text)}</p>'
 
 
 def _guard(name: str, view: Callable[..., str], *args: Any) -> str:
@@ -709,10 +660,6 @@ def _ordered_names(items: Iterable[Any], key: str) -> list[str]:
     return list(dict.fromkeys(str(i[key]) for i in items if isinstance(i, Mapping) and key in i))
 
 
-def _figure(title: str, body: str, legend: str) -> str:
-    return f'<figure><h4>{escape(title)}</h4>{body}<figcaption class="legend">{escape(legend)}</figcaption></figure>'
-
-
 def _layers_view(request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> str:
     with_evidence = [(str(r.get("method", "?")), _map(_evidence(r))) for r in runs if _evidence(r)]
     parts = []
@@ -739,6 +686,10 @@ def _layers_view(request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], 
     ):
         if not layers:
             break
+        split = analyst_views.split_cka_chart(key, title, layers, with_evidence, colors)
+        if split is not None:  # CKA on forget and other data recorded: show both, not the mix
+            parts.append(split)
+            continue
         series = []
         for name, ev in with_evidence:
             by_layer = {str(_map(i).get("layer")): _map(i).get(key) for i in _list(ev.get("cka_layers"))}
@@ -757,11 +708,6 @@ def _layers_view(request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], 
             f"Per layer, input to output: {good} (mind where the axis starts). Forgetting that shows "
             "only in the last layers, the rest staying like the original, is shallow.")))
     return '<div class="views three">' + "".join(parts) + "</div>"
-
-
-def _legend_keys(series: Iterable[tuple[str, str, Any]]) -> str:
-    keys = "".join(f'<span><span class="swatch" style="background:{c}"></span>{escape(n)}</span>' for n, c, _ in series)
-    return f'<div class="keys">{keys}</div>'
 
 
 def _request_section(
@@ -789,8 +735,25 @@ def _request_section(
         + "</div><div><h3>Per-class test accuracy change</h3>"
         + _guard("per-class", _per_class_view, request, runs, colors) + "</div></div>"
         + "<h3>Forget instances</h3>" + _guard("instance cards", _cards_view, request, runs, colors)
-        + "<h3>Layer-wise change</h3>" + _guard("layer-wise", _layers_view, request, runs, colors)
+        + f'<div class="analyst-view" id="request-{index}-layers"><h3>Layer-wise change</h3>'
+        + _guard("layer-wise", _layers_view, request, runs, colors) + "</div>"
+        + _analyst_sections(f"request-{index}", request, runs)
         + "</section>"
+    )
+
+
+def _analyst_sections(key: str, request: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str:
+    """The analyst's views (see :mod:`unlearnkit.report.analyst_views`), each with an anchor."""
+    views = (
+        ("gap", "Per-class accuracy gap between two models", analyst_views.class_gap_view),
+        ("matrix", "Prediction matrix", analyst_views.prediction_matrix_view),
+        ("embedding", "Embedding map of penultimate features", analyst_views.embedding_view),
+        ("privacy", "Privacy attack", analyst_views.privacy_view),
+    )
+    return "".join(
+        f'<div class="analyst-view" id="{_attr(f"{key}-{slug}")}"><h3>{escape(title)}</h3>'
+        + _guard(title.lower(), view, key, request, runs) + "</div>"
+        for slug, title, view in views
     )
 
 
@@ -811,7 +774,7 @@ def _mean_sd(values: Sequence[float], kind: str) -> Cell | None:
 
 
 SUMMARY_KEYS = ("acc_forget", "acc_retain", "acc_test", "acc_relabel", "loss_forget", "unseen", "ua", "mia",
-                "entropy_mia", "loss_auc", "gap", "cka_orig", "cka_retr", "relearn", "steps", "seconds")
+                "entropy_mia", "loss_auc", "ps", "gap", "cka_orig", "cka_retr", "relearn", "steps", "seconds")
 
 
 def _plain(value: Any) -> float | None:
@@ -1140,9 +1103,9 @@ def render_report(results: Mapping[str, Any], *, title: str | None = None) -> st
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><script>{ERROR_CAPTURE_JS}</script><style>{CSS}</style></head>"
+        f"<title>{escape(title)}</title><script>{ERROR_CAPTURE_JS}</script><style>{CSS}{analyst_views.ANALYST_CSS}</style></head>"
         f"<body>{_header(results, title, runs)}{nav}<main>{''.join(sections)}"
-        f"<footer>{escape(footer)}</footer></main><script>{MAIN_JS}</script></body></html>\n"
+        f"<footer>{escape(footer)}</footer></main><script>{analyst_views.ANALYST_JS}{MAIN_JS}</script></body></html>\n"
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -207,26 +207,9 @@ def scatter(
     left, right, top, bottom = 58, 18, 14, 46
     x_ticks = nice_ticks(*_domain([p.x for p in points], x_bounds))
     y_ticks = nice_ticks(*_domain([p.y for p in points], y_bounds))
-    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * plot_w
-
-    def sy(v: float) -> float:
-        return top + (1 - (v - y0) / (y1 - y0)) * plot_h
-
     parts = [_svg_open(width, height, label)]
-    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fbfbfb" stroke="#ccc"/>')
-    for t in x_ticks:
-        parts.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + plot_h}" stroke="#eee"/>')
-        parts.append(_text(sx(t), top + plot_h + 14, tick_label(t, x_ticks), anchor="middle", cls="tick"))
-    for t in y_ticks:
-        parts.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + plot_w}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        parts.append(_text(left - 6, sy(t) + 4, tick_label(t, y_ticks), anchor="end", cls="tick"))
-    parts.append(_text(left + plot_w / 2, height - 8, x_label, anchor="middle", cls="axis-title"))
-    parts.append(_text(14, top + plot_h / 2, y_label, anchor="middle", cls="axis-title",
-                       extra=f' transform="rotate(-90 14 {top + plot_h / 2:.1f})"'))
+    sx, sy = _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (x_label, y_label), height)
     if reference is not None:
         rx, ry = sx(reference.x), sy(reference.y)
         dashed = 'stroke="#111" stroke-dasharray="4 3" stroke-opacity="0.5"'
@@ -280,6 +263,8 @@ def heatmap(
     value_format: Callable[[float], str] = lambda v: f"{v:+.1f}",
     row_colors: Sequence[str] | None = None,
     label: str = "heatmap",
+    col_title: str = "class",
+    sparse: bool = False,
 ) -> str:
     """A table of coloured cells with the value written in each (diverging colours around 0).
 
@@ -291,6 +276,10 @@ def heatmap(
         value_format: Text of a cell.
         row_colors: A swatch colour per row (the method's colour elsewhere in the report).
         label: Accessible name of the chart.
+        col_title: What a column is, in the hover text (``"<row>, <col_title> <col>: value"``).
+        sparse: Draw only the cells with a non-zero value, on one light background: for
+            mostly empty matrices (a prediction matrix), where a dash in every empty cell would
+            be noise and bloat the page.
 
     Returns:
         The ``<svg>`` element as a string.
@@ -307,6 +296,9 @@ def heatmap(
     width = label_w + cell_w * len(col_labels) + 4
     height = top + cell_h * len(row_labels) + 4
     parts = [_svg_open(width, height, label)]
+    if sparse:
+        parts.append(f'<rect x="{label_w}" y="{top}" width="{cell_w * len(col_labels) - 2}" '
+                     f'height="{cell_h * len(row_labels) - 2}" fill="#f7f7f7"/>')
     for j, col in enumerate(col_labels):
         parts.append(_text(label_w + cell_w * (j + 0.5), top - 7, truncate(col, 6), anchor="middle", cls="tick"))
     for i, row in enumerate(row_labels):
@@ -317,6 +309,8 @@ def heatmap(
         for j, col in enumerate(col_labels):
             v = values[i][j] if j < len(values[i]) else None
             x = label_w + cell_w * j
+            if sparse and not (is_number(v) and v != 0):
+                continue
             if is_number(v):
                 fill = diverging_color(float(v), limit)
                 text = value_format(float(v))
@@ -325,7 +319,7 @@ def heatmap(
                 fill, text, ink = "#eeeeee", "–", "#888"
             parts.append(
                 f'<rect x="{x}" y="{y}" width="{cell_w - 2}" height="{cell_h - 2}" fill="{fill}">'
-                f'<title>{escape(f"{row}, class {col}: {text}")}</title></rect>'
+                f'<title>{escape(f"{row}, {col_title} {col}: {text}")}</title></rect>'
             )
             parts.append(_text(x + (cell_w - 2) / 2, y + cell_h / 2 + 3, text, anchor="middle", cls="cell",
                                extra=f' fill="{ink}"'))
@@ -427,6 +421,7 @@ def line_chart(
     width: int = 560,
     height: int = 270,
     label: str = "line chart",
+    dashed: Collection[str] = (),
 ) -> str:
     """Lines over categorical x positions (e.g. layers); a ``None`` value breaks the line.
 
@@ -438,6 +433,7 @@ def line_chart(
         width: Width of the SVG in pixels.
         height: Height of the SVG in pixels.
         label: Accessible name of the chart.
+        dashed: Names of the series drawn as dashed lines (e.g. a second data set).
 
     Returns:
         The ``<svg>`` element as a string.
@@ -489,14 +485,16 @@ def line_chart(
                 segment = []
         if segment:
             segments.append(segment)
+        dash = ' stroke-dasharray="6 4"' if name in dashed else ""
         for seg in segments:
             if len(seg) > 1:
-                parts.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" stroke-width="2"/>')
+                parts.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
         for i in range(n):
             v = values[i] if i < len(values) else None
             if is_number(v):
+                fill = "#fff" if name in dashed else color  # hollow points on dashed lines
                 parts.append(
-                    f'<circle cx="{sx(i):.1f}" cy="{sy(float(v)):.1f}" r="3.5" fill="{color}">'
+                    f'<circle cx="{sx(i):.1f}" cy="{sy(float(v)):.1f}" r="3.5" fill="{fill}" stroke="{color}">'
                     f'<title>{escape(f"{name}, {x_labels[i]}: {float(v):.3f}")}</title></circle>'
                 )
     parts.append("</svg>")
@@ -586,5 +584,240 @@ def image_svg(image: Any, *, size: int = 64, label: str = "image") -> str | None
             if row[x] != background:
                 parts.append(f'<rect x="{x}" y="{y}" width="{end - x + 1}" height="1" fill="{row[x]}"/>')
             x = end + 1
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _frame(
+    parts: list[str], box: tuple[float, float, float, float], x_ticks: Sequence[float], y_ticks: Sequence[float],
+    titles: tuple[str, str], height: float,
+) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """Draws the plot area, grid, tick labels and axis titles of a chart with numeric axes into
+    ``parts``, and returns its value-to-pixel functions ``(sx, sy)``."""
+    left, top, plot_w, plot_h = box
+    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
+
+    def sx(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * plot_w
+
+    def sy(v: float) -> float:
+        return top + (1 - (v - y0) / (y1 - y0)) * plot_h
+
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fbfbfb" stroke="#ccc"/>')
+    for t in x_ticks:
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + plot_h}" stroke="#eee"/>')
+        parts.append(_text(sx(t), top + plot_h + 14, tick_label(t, x_ticks), anchor="middle", cls="tick"))
+    for t in y_ticks:
+        parts.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + plot_w}" y2="{sy(t):.1f}" stroke="#eee"/>')
+        parts.append(_text(left - 6, sy(t) + 4, tick_label(t, y_ticks), anchor="end", cls="tick"))
+    parts.append(_text(left + plot_w / 2, height - 8, titles[0], anchor="middle", cls="axis-title"))
+    parts.append(_text(14, top + plot_h / 2, titles[1], anchor="middle", cls="axis-title",
+                       extra=f' transform="rotate(-90 14 {top + plot_h / 2:.1f})"'))
+    return sx, sy
+
+
+def xy_chart(
+    series: Sequence[tuple[str, str, Sequence[float], Sequence[float]]],
+    *,
+    x_label: str,
+    y_label: str,
+    y_domain: tuple[float, float] = (0.0, 1.0),
+    dashed: Collection[str] = (),
+    marks: Sequence[tuple[float, str]] = (),
+    width: int = 420,
+    height: int = 230,
+    label: str = "line chart",
+) -> str:
+    """Step-free lines over a numeric x axis (e.g. rates over thresholds).
+
+    Args:
+        series: ``(name, colour, xs, ys)``; non-finite pairs are skipped.
+        x_label: Horizontal axis title.
+        y_label: Vertical axis title.
+        y_domain: Range of the y axis.
+        dashed: Names of the series drawn dashed.
+        marks: Vertical guide lines ``(x, hover text)`` (e.g. the best threshold).
+        width: Width of the SVG in pixels.
+        height: Height of the SVG in pixels.
+        label: Accessible name of the chart.
+
+    Returns:
+        The ``<svg>`` element as a string.
+
+    Example:
+        >>> svg = xy_chart([("FPR", "#000", [0.0, 1.0], [1.0, 0.0])], x_label="t", y_label="rate")
+        >>> svg.count("<polyline")
+        1
+    """
+    left, right, top, bottom = 46, 12, 10, 38
+    xs = [float(x) for _, _, values, _ in series for x in values if is_number(x)] or [0.0, 1.0]
+    x_ticks = nice_ticks(*_domain(xs, min_span=1e-6, pad_fraction=0.02))
+    y_ticks = nice_ticks(*y_domain)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    parts = [_svg_open(width, height, label)]
+    sx, sy = _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (x_label, y_label), height)
+    for x, text in marks:
+        if is_number(x):
+            parts.append(f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{top + plot_h}" stroke="#111" '
+                         f'stroke-dasharray="2 3"><title>{escape(text)}</title></line>')
+    for name, color, x_values, y_values in series:
+        points = [f"{sx(float(x)):.1f},{sy(float(y)):.1f}" for x, y in zip(x_values, y_values) if is_number(x) and is_number(y)]
+        dash = ' stroke-dasharray="6 4"' if name in dashed else ""
+        if points:
+            parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" stroke-width="2"{dash}>'
+                         f"<title>{escape(name)}</title></polyline>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class MapMark:
+    """A highlighted point of :func:`map_2d`.
+
+    Attributes:
+        x: Horizontal coordinate.
+        y: Vertical coordinate.
+        shape: ``"cross"``, ``"triangle"`` or ``"diamond"``.
+        color: Stroke colour.
+        tooltip: Hover text.
+    """
+
+    x: float
+    y: float
+    shape: str
+    color: str
+    tooltip: str
+
+
+def _map_marker(mark: MapMark, px: float, py: float) -> str:
+    title = f"<title>{escape(mark.tooltip)}</title>"
+    if mark.shape == "cross":
+        d = f"M{px - 5:.1f},{py - 5:.1f}L{px + 5:.1f},{py + 5:.1f}M{px - 5:.1f},{py + 5:.1f}L{px + 5:.1f},{py - 5:.1f}"
+        return (f'<path d="{d}" stroke="#fff" stroke-width="5"/>'
+                f'<path d="{d}" stroke="{mark.color}" stroke-width="2.5">{title}</path>')
+    if mark.shape == "triangle":
+        points = f"{px:.1f},{py - 7:.1f} {px + 6.5:.1f},{py + 5:.1f} {px - 6.5:.1f},{py + 5:.1f}"
+    else:
+        points = f"{px:.1f},{py - 7:.1f} {px + 7:.1f},{py:.1f} {px:.1f},{py + 7:.1f} {px - 7:.1f},{py:.1f}"
+    return f'<polygon points="{points}" fill="{mark.color}" stroke="#fff" stroke-width="1.5">{title}</polygon>'
+
+
+def map_2d(
+    background: Sequence[tuple[float, float, str]],
+    marks: Sequence[MapMark],
+    *,
+    x_label: str = "axis 1",
+    y_label: str = "axis 2",
+    width: int = 420,
+    height: int = 340,
+    label: str = "2-D map",
+) -> str:
+    """A 2-D map: many small background dots (colour only, no hover text, to keep the file
+    small) and a few highlighted marks with shapes and hover text, drawn on top.
+
+    Args:
+        background: ``(x, y, colour)`` per dot.
+        marks: The highlighted points.
+        x_label: Horizontal axis title.
+        y_label: Vertical axis title.
+        width: Width of the SVG in pixels.
+        height: Height of the SVG in pixels.
+        label: Accessible name of the chart.
+
+    Returns:
+        The ``<svg>`` element as a string.
+
+    Example:
+        >>> svg = map_2d([(0.0, 0.0, "#000"), (1.0, 1.0, "#111")], [MapMark(0.5, 0.5, "cross", "#f00", "id 3")])
+        >>> svg.count("<circle"), "id 3" in svg
+        (2, True)
+    """
+    left, right, top, bottom = 46, 12, 10, 38
+    xs = [p[0] for p in background if is_number(p[0])] + [m.x for m in marks if is_number(m.x)]
+    ys = [p[1] for p in background if is_number(p[1])] + [m.y for m in marks if is_number(m.y)]
+    x_ticks = nice_ticks(*_domain(xs or [0.0, 1.0], min_span=1e-6))
+    y_ticks = nice_ticks(*_domain(ys or [0.0, 1.0], min_span=1e-6))
+    plot_w, plot_h = width - left - right, height - top - bottom
+    parts = [_svg_open(width, height, label)]
+    sx, sy = _frame(parts, (left, top, plot_w, plot_h), x_ticks, y_ticks, (x_label, y_label), height)
+    by_color: dict[str, list[str]] = {}
+    for x, y, color in background:  # one group per colour: the dots then carry only a position
+        if is_number(x) and is_number(y):
+            by_color.setdefault(color, []).append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6"/>')
+    for color, dots in by_color.items():
+        parts.append(f'<g fill="{color}" fill-opacity="0.7">{"".join(dots)}</g>')
+    for mark in marks:
+        if is_number(mark.x) and is_number(mark.y):
+            parts.append(_map_marker(mark, sx(mark.x), sy(mark.y)))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def diverging_hbars(
+    labels: Sequence[str],
+    values: Sequence[float | None],
+    *,
+    limit: float,
+    value_format: Callable[[float], str] = lambda v: f"{v:+.1f}",
+    width: int = 460,
+    label: str = "diverging bars",
+) -> str:
+    """One horizontal bar per label from a centre line: red to the left for negative values,
+    blue to the right for positive, on a fixed scale of ``±limit``.
+
+    The bars and value texts carry ``data-index``, the end ticks ``data-tick`` (-1, 1) and the
+    SVG ``data-zero``, ``data-half`` and ``data-limit`` (centre x, half width in pixels, the
+    drawn limit), so that a script can
+    redraw the bars and the scale for other values.
+
+    Args:
+        labels: Row labels, top to bottom.
+        values: One value (or ``None``: "n/a") per label.
+        limit: The value at full half-width (> 0); larger values are clipped to it.
+        value_format: Text written beside each bar.
+        width: Width of the SVG in pixels.
+        label: Accessible name of the chart.
+
+    Returns:
+        The ``<svg>`` element as a string.
+
+    Example:
+        >>> svg = diverging_hbars(["a", "b"], [-2.0, None], limit=5)
+        >>> 'data-limit="5"' in svg and "-2.0" in svg and "n/a" in svg
+        True
+    """
+    if not limit > 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    row_h, top = 18, 6
+    label_w = min(max((len(t) for t in labels), default=2), 14) * CHAR_PX + 10
+    value_w = 44
+    half = (width - label_w - 2 * value_w) / 2
+    zero = label_w + value_w + half
+    height = top + row_h * len(labels) + 28
+    parts = [_svg_open(width, height, label).replace(
+        "<svg ", f'<svg data-zero="{zero:.1f}" data-half="{half:.1f}" data-limit="{limit:g}" ', 1)]
+    for i, text in enumerate(labels):
+        y = top + i * row_h
+        parts.append(_text(label_w - 4, y + row_h / 2 + 4, truncate(text, 14), anchor="end", cls="row-label"))
+        v = values[i] if i < len(values) else None
+        if is_number(v):
+            length = min(abs(float(v)), limit) / limit * half
+            x = zero - length if v < 0 else zero
+            fill = diverging_color(-1.0 if v < 0 else 1.0, 1.0)
+            tip, shown = f"{text}: {value_format(float(v))}", value_format(float(v))
+        else:
+            length, x, fill, tip, shown = 0.0, zero, "#ccc", f"{text}: n/a", "n/a"
+        parts.append(f'<rect data-index="{i}" x="{x:.1f}" y="{y + 2}" width="{length:.1f}" height="{row_h - 4}" '
+                     f'fill="{fill}"><title>{escape(tip)}</title></rect>')
+        tx = zero + length + 4 if not is_number(v) or v >= 0 else zero - length - 4
+        anchor = "start" if not is_number(v) or v >= 0 else "end"
+        parts.append(_text(tx, y + row_h / 2 + 4, shown, anchor=anchor, cls="bar-value",
+                           extra=f' data-index="{i}"'))
+    axis_y = top + row_h * len(labels)
+    parts.append(f'<line x1="{zero:.1f}" y1="{top}" x2="{zero:.1f}" y2="{axis_y}" stroke="#666"/>')
+    for side in (-1, 0, 1):
+        v = side * limit
+        parts.append(_text(zero + side * half, axis_y + 14, value_format(v) if side else "0", anchor="middle",
+                           cls="tick", extra=f' data-tick="{side}"'))
     parts.append("</svg>")
     return "".join(parts)

@@ -33,6 +33,8 @@ from unlearnkit.metrics.membership import (
 )
 from unlearnkit.metrics.relearn import relearn_steps
 from unlearnkit.metrics.representation import knn_accuracy, linear_cka, weight_change_by_layer
+from unlearnkit.scenarios.views import model_views, privacy_evidence, sample_indices, split_cka
+from unlearnkit.utils.modules import predict_logits
 
 Split = tuple[Tensor, Tensor]
 
@@ -125,6 +127,12 @@ def representation_layers(model: nn.Module) -> list[str]:
     return [n for n in weighted[:-1]] + [automatic] if weighted else [automatic]
 
 
+def _holds_layers(model: nn.Module, layers: Sequence[str]) -> bool:
+    """Whether ``model`` has a module of every layer spec's name (``"name"`` or ``"name:input"``)."""
+    names = {name for name, _ in model.named_modules()}
+    return all(spec.split(":")[0] in names for spec in layers)
+
+
 def gather_evidence(
     original: nn.Module,
     unlearned: nn.Module,
@@ -144,6 +152,8 @@ def gather_evidence(
     probe_size: int = 1000,
     thresholds: VerdictThresholds = VerdictThresholds(),
     feature_cache: dict[tuple[int, tuple[str, ...]], dict[str, Tensor]] | None = None,
+    new_labels: Tensor | None = None,
+    projection: str = "pca",
 ) -> dict[str, Any]:
     """Every figure of the evidence for one unlearned model, JSON-ready.
 
@@ -162,19 +172,27 @@ def gather_evidence(
         seed: Seed of the attacks and of the relearn run.
         relearn_max_steps: Cap of the relearn run.
         knn_index_size: Retain rows used as the k-NN index (the first ones).
-        probe_size: Test rows (the first ones) beside the forget set on which CKA is measured.
+        probe_size: Test rows (a sample seeded with ``seed``) beside the forget set on which CKA
+            is measured: the "other" data of the split CKA.
         thresholds: The verdict's thresholds.
         feature_cache: A dict kept across the runs of one request (same forget and test data):
             the original's and the retrained model's layer features are then extracted once
             per request instead of once per run.
+        new_labels: Relabel targets of the forget set (relabel goal), for the embedding marks.
+        projection: Projection of the embedding map, ``"pca"`` or ``"umap"`` (umap-learn).
 
     Returns:
         The ``evidence`` object of the results JSON (see the README): the figures of
         :func:`model_figures`, ``gap`` (SalUn's average gap to the retrained model and its four
         terms, or ``None``), ``cka`` and ``cka_layers`` (linear CKA on the forget inputs and up
-        to ``probe_size`` test inputs, to the original and the retrained model), ``knn_forget``, ``weight_change``,
+        to ``probe_size`` test inputs, to the original and the retrained model; each ``cka_layers`` entry also holds
+        ``original_forget``, ``original_other``, ``retrained_forget`` and ``retrained_other``:
+        CKA on the forget inputs and on the test sample alone), ``knn_forget``, ``weight_change``,
         ``collateral``, ``relearn``, ``instances`` (per forget instance: the SVC's member call
-        and ``p_y``), ``logit_only`` and ``verdict``.
+        and ``p_y``), ``logit_only``, ``verdict``, ``views`` (prediction matrices and embedding
+        map, :func:`~unlearnkit.scenarios.views.model_views`) and ``privacy`` (threshold
+        attacks against the retrained model and the privacy score PS,
+        :func:`~unlearnkit.scenarios.views.privacy_evidence`).
     """
     if retrained is not None and retrained_figures is None:
         raise ValueError("retrained_figures are needed with a retrained model")
@@ -188,10 +206,11 @@ def gather_evidence(
     else:
         evidence["gap"] = None
 
-    # Representation: CKA layer by layer on the forget inputs and (the first ``probe_size`` of)
-    # the test inputs. Bounded because conv features are wide: 10,000 MNIST test rows would take
-    # about 1 GB per conv layer and model, and CKA's Gram matrices grow with the square of N.
-    probe = torch.cat([forget[0], test[0][:probe_size]])
+    # Representation: CKA layer by layer on the forget inputs and (a seeded sample of
+    # ``probe_size``) test inputs, together and each alone. Bounded because conv features are
+    # wide: 10,000 MNIST test rows would take about 1 GB per conv layer and model, and CKA's
+    # Gram matrices grow with the square of N.
+    probe = torch.cat([forget[0], test[0][sample_indices(len(test[0]), probe_size, seed)]])
     layers = representation_layers(unlearned)
     mine_feats = extract_layer_features(unlearned, probe, layers)
 
@@ -205,7 +224,10 @@ def gather_evidence(
         return feature_cache[key]
 
     original_feats = reference_features(original)
-    retrained_feats = reference_features(retrained) if retrained is not None else None
+    # Layer by layer only against a reference that has these layers: a method that trains its
+    # own model (S3T) has another architecture than the retrained one, and its outputs are
+    # still compared below (gap, privacy attack, embedding marks).
+    retrained_feats = reference_features(retrained) if retrained is not None and _holds_layers(retrained, layers) else None
     evidence["cka_layers"] = [
         {
             "layer": layer,
@@ -214,6 +236,10 @@ def gather_evidence(
         }
         for layer in layers
     ]
+    n_forget = forget[0].shape[0]
+    split = split_cka(mine_feats, {"original": original_feats, "retrained": retrained_feats}, n_forget)
+    for entry, parts in zip(evidence["cka_layers"], split):
+        entry.update({k: v for k, v in parts.items() if k != "layer"})
     evidence["cka"] = {k: evidence["cka_layers"][-1][k] for k in ("original", "retrained")}
 
     # k-NN on the model's own features: do the forget instances still sit with their class?
@@ -251,6 +277,14 @@ def gather_evidence(
         figures["ua"] >= thresholds.logit_only_ua and evidence["knn_forget"] > thresholds.logit_only_knn
     )
     evidence["verdict"] = verdict(evidence, original_figures, goal_met, thresholds)
+
+    # The analyst's views: prediction matrices, embedding map, and the privacy attack.
+    retrained_predictions = None if retrained is None else predict_logits(retrained, forget[0]).argmax(dim=1)
+    evidence["views"] = model_views(
+        unlearned, forget, test, num_classes=num_classes, seed=seed, projection=projection,
+        retrained_predictions=retrained_predictions, new_labels=new_labels,
+    )
+    evidence["privacy"] = privacy_evidence(unlearned, retrained, forget)
     return evidence
 
 
