@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import unlearnkit
 from helpers import same_weights
 from unlearnkit import InvalidHyperparameterError, InvalidModelError
 from unlearnkit.data import DataSplit
-from unlearnkit.methods import RandomLabel, UnlearnContext
+from unlearnkit.methods import RandomLabel, Retrain, UnlearnContext
 from unlearnkit.models import SmallCNN
 from unlearnkit.models.pretrained import DIGITS_RECIPE
 
@@ -213,10 +214,36 @@ def test_retrain_never_sees_a_forget_row(
 
 def test_retrain_defaults_are_the_digits_recipe() -> None:
     params = unlearnkit.create_method("retrain").get_params()
-    assert params == {
+    assert params == Retrain.params_for_recipe(DIGITS_RECIPE) == {
         "epochs": DIGITS_RECIPE.epochs, "batch_size": DIGITS_RECIPE.batch_size,
-        "lr": DIGITS_RECIPE.lr, "weight_decay": DIGITS_RECIPE.weight_decay,
+        "lr": DIGITS_RECIPE.lr, "weight_decay": DIGITS_RECIPE.weight_decay, "optimizer": "adam",
+        "momentum": DIGITS_RECIPE.momentum, "augment": None,
     }
+    assert unlearnkit.methods.NegGrad.params_for_recipe(DIGITS_RECIPE) == {}
+
+
+def test_retrain_with_the_models_recipe_equals_the_retrained_reference(digits: DataSplit, tmp_path: Path) -> None:
+    """Given a model's own recipe (as demos and benchmarks do) and the recipe's seed, retrain
+    reproduces the cached reference bit for bit, augmentation and SGD included."""
+    from unlearnkit.models import SmallCNN
+    from unlearnkit.models.training import TrainRecipe, train_classifier
+
+    recipe = TrainRecipe(epochs=2, batch_size=128, lr=0.05, weight_decay=5e-4, seed=3, optimizer="sgd", augment="crop-flip")
+    keep = torch.arange(100, 400)
+    forget = (digits.x_train[:4], digits.y_train[:4])
+    torch.manual_seed(recipe.seed)
+    reference = SmallCNN(in_channels=1, num_classes=10, image_size=8)
+    train_classifier(reference, digits.x_train[keep], digits.y_train[keep], recipe)
+    result = unlearnkit.unlearn(
+        reference, forget, method="retrain", retain=(digits.x_train[keep], digits.y_train[keep]), seed=recipe.seed,
+        **Retrain.params_for_recipe(recipe),
+    )
+    assert same_weights(result.model, reference)
+    assert result.hyperparams["augment"] == "crop-flip" and result.steps == 3 * 2
+    with pytest.raises(InvalidHyperparameterError, match="augment must be one of"):
+        Retrain(augment="mixup")
+    with pytest.raises(InvalidHyperparameterError, match="optimizer must be one of"):
+        Retrain(optimizer="rmsprop")
 
 
 class _Scaled(nn.Module):

@@ -318,7 +318,7 @@ class CellRunner:
         else:
             record = run_request(
                 base, request, cell.method, splits=splits, seed=cell.seed,
-                hyperparams=settings.hyperparams.get(cell.method),
+                hyperparams={**cls.params_for_recipe(default.recipe), **settings.hyperparams.get(cell.method, {})},
                 retain=None if cls.data_access == "forget" else splits["retain"],
                 heldout=heldout_half(data) if cell.mode == "unseen" else None, evidence=gather,
             )

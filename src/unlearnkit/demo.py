@@ -239,7 +239,8 @@ def _run_cells(
                     base, data, request, splits, dataset, cache_directory, seed, progress, projection=projection
                 )[0]
             record = run_request(
-                base, request, method, splits=splits, seed=seed, hyperparams=hyperparams.get(method),
+                base, request, method, splits=splits, seed=seed,
+                hyperparams={**cls.params_for_recipe(default.recipe), **hyperparams.get(method, {})},
                 retain=retain, heldout=heldout, progress=progress, evidence=gather_run,
             )
             runs.append(record.to_dict())

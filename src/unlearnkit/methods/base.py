@@ -29,6 +29,7 @@ from unlearnkit.errors import (
     InvalidRequestError,
     NonFiniteError,
 )
+from unlearnkit.models.training import TrainRecipe
 from unlearnkit.request import ForgetRequest, instance_sha256
 from unlearnkit.result import InstanceOutcome, UnlearnResult
 from unlearnkit.utils.hashing import state_dict_sha256
@@ -225,6 +226,16 @@ class UnlearningMethod(abc.ABC):
             The model to hand to :meth:`unlearn`.
         """
         return model
+
+    @classmethod
+    def params_for_recipe(cls, recipe: TrainRecipe) -> dict[str, Any]:
+        """Hyperparameters that make this method train the way ``recipe`` trained the model.
+
+        For methods that train a model from scratch (``retrain``), whose faithful setting is
+        the model's own pretraining recipe; demos and benchmarks apply them under any
+        hyperparameter the user gives. Empty for every other method.
+        """
+        return {}
 
     def get_params(self) -> dict[str, Any]:
         """Every hyperparameter of this instance, by name (as given or defaulted)."""

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch import nn
 
-from unlearnkit.components.loop import train_for_epochs
 from unlearnkit.errors import InvalidModelError
 from unlearnkit.methods.base import (
     MethodRun,
     UnlearnContext,
     UnlearningMethod,
+    check_choice,
     check_count,
     check_non_negative,
     check_positive,
 )
 from unlearnkit.methods.registry import register_method
 from unlearnkit.models.pretrained import DIGITS_RECIPE
-from unlearnkit.models.training import TrainRecipe
+from unlearnkit.models.training import AUGMENTATIONS, TrainRecipe, train_classifier
 
 
 def reset_all_parameters(model: nn.Module) -> None:
@@ -54,13 +55,15 @@ class Retrain(UnlearningMethod):
 
     Every parameter is re-initialised (``module.reset_parameters()``, seeded with ``seed``), so
     the result does not depend on the original weights, then the model is trained on the retain
-    data with a :class:`~unlearnkit.models.training.TrainRecipe` (Adam, cosine decay per step
-    over ``epochs``; the defaults equal :data:`~unlearnkit.models.pretrained.DIGITS_RECIPE`, the
-    recipe unlearnkit's pretrained digits model was trained with). The reference every
-    approximate method is measured against (e.g. Jia et al., "Model Sparsity Can Simplify
-    Machine Unlearning", NeurIPS 2023, https://arxiv.org/abs/2304.04934; Kurmanji et al.,
-    "Towards Unbounded Machine Unlearning", NeurIPS 2023, https://arxiv.org/abs/2302.09880).
-    Give the model's own pretraining recipe for a faithful reference.
+    data by :func:`~unlearnkit.models.training.train_classifier` with a
+    :class:`~unlearnkit.models.training.TrainRecipe` (cosine decay per step; the defaults equal
+    :data:`~unlearnkit.models.pretrained.DIGITS_RECIPE`, the recipe unlearnkit's pretrained
+    digits model was trained with). The reference every approximate method is measured against
+    (e.g. Jia et al., "Model Sparsity Can Simplify Machine Unlearning", NeurIPS 2023,
+    https://arxiv.org/abs/2304.04934; Kurmanji et al., "Towards Unbounded Machine Unlearning",
+    NeurIPS 2023, https://arxiv.org/abs/2302.09880). Give the model's own pretraining recipe
+    for a faithful reference (:meth:`params_for_recipe`; demos and benchmarks do): with it and
+    the recipe's seed, the result equals the model retrained by that recipe, bit for bit.
 
     The forget set is never trained on: it is only read before (by the base class) and once at
     the end to report whether the goal holds. Fixed schedule: ``stop_reason="fixed_schedule"``,
@@ -74,8 +77,12 @@ class Retrain(UnlearningMethod):
     Args:
         epochs: Passes over the retain data, 30.
         batch_size: Retain instances per step, 64.
-        lr: Peak Adam learning rate, 2e-3.
-        weight_decay: Adam weight decay, 1e-4.
+        lr: Peak learning rate, 2e-3.
+        weight_decay: Weight decay, 1e-4.
+        optimizer: ``"adam"`` (default) or ``"sgd"``.
+        momentum: SGD momentum, 0.9 (ignored by Adam).
+        augment: ``None`` (default) or a named augmentation of
+            :data:`~unlearnkit.models.training.AUGMENTATIONS` (``"crop-flip"``).
 
     Raises:
         InvalidModelError: (from ``unlearn``) if a module holds parameters but has no
@@ -105,15 +112,40 @@ class Retrain(UnlearningMethod):
         batch_size: int = DIGITS_RECIPE.batch_size,
         lr: float = DIGITS_RECIPE.lr,
         weight_decay: float = DIGITS_RECIPE.weight_decay,
+        optimizer: str = DIGITS_RECIPE.optimizer,
+        momentum: float = DIGITS_RECIPE.momentum,
+        augment: str | None = DIGITS_RECIPE.augment,
     ) -> None:
         check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
         check_count(epochs=epochs, batch_size=batch_size)
-        check_non_negative(weight_decay=weight_decay)
+        check_non_negative(weight_decay=weight_decay, momentum=momentum)
+        check_choice("optimizer", optimizer, ("adam", "sgd"))
+        check_choice("augment", augment, (None, *sorted(AUGMENTATIONS)))
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
+        self.optimizer, self.momentum, self.augment = optimizer, momentum, augment
+
+    @classmethod
+    def params_for_recipe(cls, recipe: TrainRecipe) -> dict[str, Any]:
+        """The hyperparameters that retrain with ``recipe`` (a model's own pretraining recipe;
+        its seed is the run's).
+
+        Example:
+            >>> from unlearnkit.models.pretrained import CIFAR10_RECIPE
+            >>> Retrain.params_for_recipe(CIFAR10_RECIPE)["augment"]
+            'crop-flip'
+        """
+        return {
+            "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
+            "weight_decay": recipe.weight_decay, "optimizer": recipe.optimizer, "momentum": recipe.momentum,
+            "augment": recipe.augment,
+        }
 
     def recipe(self, seed: int) -> TrainRecipe:
         """The training recipe of a run with ``seed``."""
-        return TrainRecipe(self.epochs, self.batch_size, self.lr, self.weight_decay, seed)
+        return TrainRecipe(
+            self.epochs, self.batch_size, self.lr, self.weight_decay, seed, optimizer=self.optimizer,
+            momentum=self.momentum, augment=self.augment,
+        )
 
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         assert context.retain is not None  # guaranteed by the data contract
@@ -122,15 +154,6 @@ class Retrain(UnlearningMethod):
         recipe = self.recipe(context.seed)
         torch.manual_seed(recipe.seed)  # the base class restores the caller's RNG afterwards
         reset_all_parameters(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        steps_per_epoch = -(-x.shape[0] // recipe.batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * steps_per_epoch)
-        steps, losses = train_for_epochs(
-            model, optimizer, x, y, epochs=recipe.epochs, batch_size=recipe.batch_size, generator=context.generator,
-            schedule=schedule, schedule_every="step", progress=context.progress, desc=self.name,
-        )
-        return MethodRun(
-            steps, recipe.epochs, context.goal_holds(), "fixed_schedule",
-            {"final_loss": losses[-1] if losses else None, "recipe": asdict(recipe)},
-        )
+        train_classifier(model, x, y, recipe, device=context.device, progress=context.progress)
+        steps = -(-x.shape[0] // recipe.batch_size) * recipe.epochs  # train_for_epochs' fixed count
+        return MethodRun(steps, recipe.epochs, context.goal_holds(), "fixed_schedule", {"recipe": asdict(recipe)})
