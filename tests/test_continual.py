@@ -152,3 +152,25 @@ def test_relabel_sequences_measure_the_new_labels(trained_cnn: SmallCNN, digits:
     last = report["steps"][-1]
     assert last["goal_share"][1] == 100.0 and last["forget_accuracy"][1] == 0.0
     assert report["requests"][1]["new_labels"] == sequence[1].new_labels.tolist()
+
+
+def test_summarise_sequences_averages_the_last_state_and_skips_diverged_runs() -> None:
+    from unlearnkit.scenarios.continual import summarise_sequences
+
+    def step(status: str, forget: list[float], test: float, relapsed: list[int]) -> dict:
+        return {"status": status, "forget_accuracy": forget, "retain_accuracy": test + 1, "test_accuracy": test,
+                "relapsed": relapsed, "seconds": 1.0}
+
+    def report(seed: int, steps: list[dict]) -> dict:
+        return {"dataset": "digits", "method": "l2ul", "mode": "misclassify", "k": 4, "seed": seed,
+                "original": {"retain_accuracy": 100.0, "test_accuracy": 99.0}, "steps": steps}
+
+    reports = [
+        report(0, [step("converged", [0.0], 98.0, []), step("converged", [50.0, 0.0], 96.0, [0])]),
+        report(1, [step("converged", [0.0], 97.0, []), step("not_converged", [0.0, 25.0], 94.0, [])]),
+        report(2, [step("converged", [0.0], 97.0, []), step("diverged", [], 0.0, [])]),
+    ]
+    (row,) = summarise_sequences(reports)
+    assert (row["runs"], row["complete"], row["seeds"]) == (3, 2, [0, 1, 2])
+    assert row["final_forget"] == [25.0, 12.5] and row["test"] == 95.0 and row["retain"] == 96.0
+    assert row["relapsed"] == 0.5 and row["converged"] == "4/6" and row["seconds"] == 1.0

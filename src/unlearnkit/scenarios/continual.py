@@ -188,3 +188,53 @@ def relapse_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[objec
                      rec["steps"], rec["seconds"]])
     return headers, rows
 
+
+
+def summarise_sequences(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (data set, method, mode, requests, k) over the seeds of :func:`run_sequence`
+    reports (as the CLI writes them): the state after the last request, averaged.
+
+    Each row holds ``runs``, ``seeds``, ``complete`` (runs in which no request diverged),
+    ``final_forget`` (per request ``j``, mean Acc(D_f^j) after the last request), ``retain`` and
+    ``test`` (mean Acc(D_r) and Acc(D_test) after the last request, with the original's),
+    ``relapsed`` (mean number of earlier requests relapsed after the last one), ``converged``
+    (requests that met their goal when applied, over all requests) and ``seconds`` (mean
+    seconds per request). Runs with a diverged request are counted but not averaged.
+
+    Args:
+        reports: Continual reports with ``dataset``, ``method``, ``mode``, ``k``, ``seed``,
+            ``original`` and ``steps``.
+
+    Example:
+        >>> step = {"status": "converged", "forget_accuracy": [0.0], "retain_accuracy": 99.0,
+        ...         "test_accuracy": 98.0, "relapsed": [], "seconds": 2.0}
+        >>> report = {"dataset": "digits", "method": "l2ul", "mode": "misclassify", "k": 16, "seed": 0,
+        ...           "original": {"retain_accuracy": 100.0, "test_accuracy": 99.0}, "steps": [step]}
+        >>> row = summarise_sequences([report])[0]
+        >>> row["final_forget"], row["test"], row["converged"]
+        ([0.0], 98.0, '1/1')
+    """
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for report in reports:
+        key = (report["dataset"], report["method"], report["mode"], len(report["steps"]), report["k"])
+        groups.setdefault(key, []).append(report)
+    rows = []
+    for (dataset, method, mode, requests, k), group in sorted(groups.items()):
+        complete = [r for r in group if all(s["status"] != "diverged" for s in r["steps"])]
+        last = [r["steps"][-1] for r in complete]
+
+        def mean(values: Sequence[float]) -> float | None:
+            return sum(values) / len(values) if values else None
+
+        met = sum(s["status"] == "converged" for r in group for s in r["steps"])
+        rows.append({
+            "dataset": dataset, "method": method, "mode": mode, "requests": requests, "k": k,
+            "runs": len(group), "seeds": sorted(r["seed"] for r in group), "complete": len(complete),
+            "final_forget": [mean([s["forget_accuracy"][j] for s in last]) for j in range(requests)] if last else [],
+            "retain": mean([s["retain_accuracy"] for s in last]), "test": mean([s["test_accuracy"] for s in last]),
+            "original_test": mean([r["original"]["test_accuracy"] for r in group]),
+            "relapsed": mean([len(s["relapsed"]) for s in last]),
+            "converged": f"{met}/{sum(len(r['steps']) for r in group)}",
+            "seconds": mean([s["seconds"] for r in complete for s in r["steps"]]),
+        })
+    return rows
