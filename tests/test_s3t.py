@@ -453,3 +453,16 @@ def test_a_request_beyond_capacity_is_recorded_as_unsupported(digits: DataSplit,
     assert record.status == "unsupported" and "no shard with a surviving prefix" in (record.error or "")
     with pytest.raises(DeletionCapacityError):
         S3T().unlearn(model, ForgetRequest(x, y))
+
+
+def test_a_restored_state_remembers_the_deleted_rows(trained_dir: Path, digits: DataSplit) -> None:
+    model = load_s3t(trained_dir, _extractor())
+    row = _slice_rows(model, 0, 1)[0]
+    model.delete([row])
+    restored = load_s3t(trained_dir, _extractor())
+    restored.load_state_dict(model.state_dict())
+    assert restored.deleted_ids == {row} and same_state(restored, snapshot(model))
+    with pytest.raises(InvalidRequestError, match=rf"ids already deleted: \[{row}\]"):
+        restored.delete([row])
+    with pytest.raises(InvalidRequestError, match="are not deletable rows"):
+        S3T().unlearn(restored, ForgetRequest(digits.x_train[[row]], digits.y_train[[row]]))

@@ -109,9 +109,9 @@ class S3TModel(nn.Module):
     sha256; no optimiser runs. Build one with :func:`~unlearnkit.s3t.train.train_s3t` or
     :func:`load_s3t`.
 
-    The state dict holds the served weights and two buffers, ``deleted`` (shards x slices,
-    bool) and ``served`` (per shard: order index and prefix length, ``-1, 0`` when dead), so
-    its hash changes with every deletion that changes what is served.
+    The state dict holds the served weights and three buffers, ``deleted`` (shards x slices,
+    bool), ``deleted_rows`` (one bool per training row) and ``served`` (per shard: order index
+    and prefix length, ``-1, 0`` when dead), so its hash changes with every deletion.
 
     Args:
         backbone: The frozen feature extractor the model was trained with.
@@ -129,7 +129,9 @@ class S3TModel(nn.Module):
         self._slice_of: dict[int, tuple[int, int]] = {
             int(i): (k, s) for k, shard in enumerate(manifest["slices"]) for s, rows in enumerate(shard) for i in rows
         }
-        self.deleted_ids: set[int] = set()
+        # Which training rows were deleted, in the state dict so that a restored state (a
+        # ledger's model version) still refuses deleting them again.
+        self.register_buffer("deleted_rows", torch.zeros(int(manifest["num_rows"]), dtype=torch.bool))
         self._rows_by_hash: dict[str, list[int]] | None = None  # built on first lookup by content
         m, length = self.config.shards, self.config.slices
         self.register_buffer("deleted", torch.zeros(m, length, dtype=torch.bool))
@@ -138,6 +140,11 @@ class S3TModel(nn.Module):
         self.shards = nn.ModuleList(self._load(k, choice) for k, choice in enumerate(choices))
         for k, choice in enumerate(choices):
             self._mark_served(k, choice)
+
+    @property
+    def deleted_ids(self) -> set[int]:
+        """The training rows deleted so far."""
+        return {int(i) for i in torch.nonzero(self.deleted_rows).flatten().tolist()}
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -270,7 +277,7 @@ class S3TModel(nn.Module):
                 f"ids {fixed[:10]} are not deletable: they are outside every slice (the frozen "
                 "backbone may have been trained on them); deleting them needs a new backbone"
             )
-        again = [i for i in values if i in self.deleted_ids]
+        again = [i for i in values if bool(self.deleted_rows[i])]
         if again:
             raise InvalidRequestError(f"ids already deleted: {again[:10]}")
         return values
@@ -328,7 +335,7 @@ class S3TModel(nn.Module):
         found = []
         for n in range(inputs.shape[0]):
             rows = self._rows_by_hash.get(instance_sha256(inputs[n], int(labels[n])), [])
-            found.append([r for r in rows if r not in self.deleted_ids])
+            found.append([r for r in rows if not bool(self.deleted_rows[r])])
         return found
 
     def delete(self, ids: Sequence[int], *, allow_dead_shards: bool = True) -> DeletionReport:
@@ -384,7 +391,7 @@ class S3TModel(nn.Module):
         for k in switched:
             self.shards[k] = loaded[k]
             self._mark_served(k, choices[k])
-        self.deleted_ids.update(values)
+        self.deleted_rows[values] = True
         capacity = self.capacity()
         return DeletionReport(
             ids=tuple(values),
