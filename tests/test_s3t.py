@@ -466,3 +466,24 @@ def test_a_restored_state_remembers_the_deleted_rows(trained_dir: Path, digits: 
         restored.delete([row])
     with pytest.raises(InvalidRequestError, match="are not deletable rows"):
         S3T().unlearn(restored, ForgetRequest(digits.x_train[[row]], digits.y_train[[row]]))
+
+
+def test_concurrent_preparation_keeps_the_first_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two grid workers preparing the same cached S3T model: the one that renames second loads
+    the first one's files and leaves no scratch directory behind."""
+    from unlearnkit.demo import model_for_method
+    from unlearnkit.models.pretrained import load_pretrained
+
+    default = load_pretrained("digits", directory=tmp_path)
+    rename = Path.rename
+
+    def lose_the_race(self: Path, target: Path) -> Path:
+        shutil.copytree(self, target)  # the other worker got there first
+        raise OSError("Directory not empty")
+
+    monkeypatch.setattr(Path, "rename", lose_the_race)
+    model = model_for_method("s3t", default, tmp_path)
+    monkeypatch.setattr(Path, "rename", rename)
+    directory = tmp_path / f"{default.path.stem}-s3t"
+    assert isinstance(model, S3TModel) and model.directory == directory
+    assert not list(tmp_path.glob("*.tmp-*"))

@@ -7,8 +7,10 @@ The CLI's ``unlearnkit demo`` is a thin shell around the two.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import statistics
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -171,12 +173,26 @@ def model_for_method(method: str, default: DefaultModel, cache_directory: str | 
         return default.model
     directory = Path(cache_directory or pretrained.cache_dir()) / f"{default.path.stem}-{method}"
     train = (default.data.x_train, default.data.y_train)
+    if directory.exists():
+        try:
+            return cls.prepare_model(default.model, train, seed=0, directory=directory)
+        except CheckpointError:
+            # A cache entry from other settings (or a damaged one): it is ours to replace.
+            shutil.rmtree(directory, ignore_errors=True)
+    # Trained in a private directory and renamed into place in one step, so that grid cells
+    # running at once (Ray workers) never read or write a half-written model: the first rename
+    # wins, the others discard their copy and load it.
+    scratch = directory.with_name(f"{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        return cls.prepare_model(default.model, train, seed=0, directory=directory)
-    except CheckpointError:
-        # A cache entry from other settings (or a damaged one): it is ours to replace.
-        shutil.rmtree(directory)
-        return cls.prepare_model(default.model, train, seed=0, directory=directory)
+        cls.prepare_model(default.model, train, seed=0, directory=scratch)
+        try:
+            scratch.rename(directory)
+        except OSError:
+            if not directory.exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cls.prepare_model(default.model, train, seed=0, directory=directory)
 
 
 def _run_cells(
