@@ -595,3 +595,69 @@ def test_verify_detects_a_relapse_and_changed_content(workspace: Path, digits: D
         assert changed["checked"] == 1 and "content changed" in changed["message"]
         gone = verify(ledger, build, deleted, version=1)[0]
         assert gone["status"] == "unavailable" and gone["goal_share"] is None
+
+
+# -- re-applying relapsed requests --------------------------------------------------------------
+
+
+def test_reapplies_names_an_applied_request_and_only_its_instances(
+    workspace: Path, digits: DataSplit, correct_ids: list[int], rows
+) -> None:
+    a, b, c = correct_ids[:2], correct_ids[2:4], correct_ids[4:5]
+    with Ledger.open(workspace) as ledger:
+        first = add(ledger, digits, a, request_id="t-1")
+        with pytest.raises(LedgerError, match="cannot re-apply 't-1': it is pending, not applied"):
+            add(ledger, digits, a[:1], reapplies="t-1")
+        add(ledger, digits, b, request_id="t-2")
+        apply_pending(ledger, build, rows)
+        with pytest.raises(LedgerError, match=r"already in request 't-1'"):
+            add(ledger, digits, a[:1])  # without reapplies, an applied request's instance is taken
+        with pytest.raises(LedgerError, match=r"with instance\(s\) \['%d'\]: they are not in that request" % b[0]):
+            add(ledger, digits, [a[0], b[0]], reapplies="t-1")
+        with pytest.raises(LedgerError, match="no such request"):
+            add(ledger, digits, a, reapplies="t-9")
+        again = add(ledger, digits, a[:1], reapplies="t-1", request_id="t-1-r1")
+        assert again.reapplies == "t-1" and ledger.get("t-1-r1").reapplies == "t-1"
+        with pytest.raises(LedgerError, match=r"already in request 't-1-r1' \(pending\)"):
+            add(ledger, digits, a[:1], reapplies="t-1")  # one pending re-application at a time
+        apply_pending(ledger, build, rows)
+        # Re-applying the re-application re-applies t-1, and may name what t-1-r1 holds.
+        second = add(ledger, digits, a, reapplies="t-1-r1")
+        assert second.reapplies == "t-1"
+        with pytest.raises(LedgerError, match=r"already in request 't-2'"):
+            add(ledger, digits, b[:1] + c)
+        assert first.reapplies is None and ledger.get("t-2").reapplies is None
+
+
+def _downgrade_to_schema_1(ws: Path) -> None:
+    """Rewrites a fresh ledger as schema 1 wrote it (no requests.reapplies)."""
+    conn = sqlite3.connect(ws / "ledger.sqlite", isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'requests'").fetchone()[0]
+    old = ddl.replace("        reapplies TEXT REFERENCES requests(request_id),\n", "")
+    assert old != ddl
+    columns = store_module._REQUEST_COLUMNS.replace(", reapplies", "")
+    conn.executescript(
+        f"BEGIN; {old.replace('CREATE TABLE requests', 'CREATE TABLE requests_v1')};"
+        f" INSERT INTO requests_v1 SELECT {columns} FROM requests; DROP TABLE requests;"
+        " ALTER TABLE requests_v1 RENAME TO requests; UPDATE meta SET value = '1' WHERE key = 'schema_version'; COMMIT;"
+    )
+    conn.close()
+
+
+def test_a_schema_1_ledger_reads_and_is_migrated_when_opened_for_writing(
+    workspace: Path, digits: DataSplit, correct_ids: list[int], rows
+) -> None:
+    with Ledger.open(workspace) as ledger:
+        add(ledger, digits, correct_ids[:2], request_id="old")
+        apply_pending(ledger, build, rows)
+    _downgrade_to_schema_1(workspace)
+    with Ledger.open_readonly(workspace) as ledger:
+        assert ledger.schema_version == 1
+        (record,) = ledger.requests()
+        assert (record.request_id, record.status, record.reapplies) == ("old", "applied", None)
+    with Ledger.open(workspace) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION == 2
+        assert add(ledger, digits, correct_ids[:1], reapplies="old").reapplies == "old"
+    with Ledger.open_readonly(workspace) as ledger:
+        assert ledger.schema_version == 2 and [r.reapplies for r in ledger.requests()] == [None, "old"]

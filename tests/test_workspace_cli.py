@@ -157,6 +157,30 @@ def test_full_workflow_with_a_state_dict_and_a_relapse(user: UserFiles, tmp_path
     assert "2 request(s) no longer verified: req-0001, ticket-7" in result.output
     assert f"{record.request_id} relapsed" not in result.output
 
+    # reapply: a pending request per relapsed request, for its relapsed instances only, with its
+    # goal, method and settings; once applied, verify passes again.
+    result = run("reapply", ws, "req-0001")
+    assert result.exit_code == 0, result.output
+    again = result.stdout.strip()
+    result = run("reapply", ws, "ticket-7", "--id", "ticket-7-again")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "ticket-7-again"
+    result = run("reapply", ws, "ticket-7-again")
+    assert result.exit_code == 1 and "is pending, not applied" in result.output
+    result = run("reapply", ws, record.request_id)
+    assert result.exit_code == 0 and result.stdout.strip() == "" and "nothing to re-apply" in result.output
+    with Ledger.open_readonly(ws) as ledger:
+        first_again, ticket_again = ledger.get(again), ledger.get("ticket-7-again")
+    assert (first_again.reapplies, list(first_again.ids), first_again.goal) == ("req-0001", forget, "misclassify")
+    assert (ticket_again.reapplies, list(ticket_again.ids), list(ticket_again.new_labels or ())) == ("ticket-7", relabel, new)
+    assert ticket_again.seed == 3
+    assert "pending (re-applies req-0001)" in run("status", ws).output
+    result = run("apply", ws, "--no-progress")
+    assert result.exit_code == 0, result.output
+    result = run("verify", ws)
+    assert result.exit_code == 0, result.output
+    assert "ok: 5 applied request(s) verified" in result.output
+
 
 def init_torchscript(user: UserFiles, ws: Path) -> Result:
     return run(

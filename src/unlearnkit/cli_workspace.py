@@ -9,6 +9,7 @@ the model object and read the training data. The commands::
     unlearnkit apply   WORKSPACE [--wait S]        # exit 3: a request failed or did not converge
     unlearnkit status  WORKSPACE
     unlearnkit verify  WORKSPACE                   # exit 1: a request relapsed or its data changed
+    unlearnkit reapply WORKSPACE REQUEST [--id R]  # a pending request for REQUEST's relapsed instances
     unlearnkit export  WORKSPACE -o DIR [--force]
 
 Exit codes: 0 success; 1 an error (the message names the problem; nothing is left half-written);
@@ -263,9 +264,10 @@ def _short_time(stamp: str | None) -> str | None:
 
 
 def _status_of(record: RequestRecord) -> str:
+    status = record.status
     if record.status == "applied" and (record.metrics or {}).get("converged") is False:
-        return "applied, NOT converged"
-    return record.status
+        status = "applied, NOT converged"
+    return status if record.reapplies is None else f"{status} (re-applies {record.reapplies})"
 
 
 # -- init ---------------------------------------------------------------------------------------
@@ -554,7 +556,7 @@ def status(workspace: Path) -> None:
     else:
         click.echo(f"warning: {problem}", err=True)
     counts = {s: sum(r.status == s for r in requests) for s in STATUSES}
-    unconverged = sum(_status_of(r).endswith("NOT converged") for r in requests)
+    unconverged = sum("NOT converged" in _status_of(r) for r in requests)
     click.echo(
         "requests: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)
         + (f" ({unconverged} applied without converging)" if unconverged else "")
@@ -617,6 +619,48 @@ def verify_command(workspace: Path) -> None:
         click.echo(f"FAILED: {len(failing)} request(s) no longer verified: {', '.join(failing)}", err=True)
         click.get_current_context().exit(EXIT_VERIFY_FAILED)
     click.echo(f"ok: {len(results)} applied request(s) verified")
+
+
+@click.command()
+@_WORKSPACE
+@click.argument("request_id", metavar="REQUEST")
+@click.option("--id", "new_id", default=None, metavar="REQ", help="Name of the new request  [default: req-NNNN]")
+@_WAIT
+def reapply(workspace: Path, request_id: str, new_id: str | None, wait: float) -> None:
+    """Add a pending request that forgets again the relapsed instances of REQUEST.
+
+    REQUEST is an applied request of WORKSPACE. Its instances are re-checked on the current
+    model as `unlearnkit verify` does; those that met the goal when it was applied and no longer
+    do get a new pending request with REQUEST's goal, method, hyperparameters and seed, recorded
+    as re-applying REQUEST (its receipt and `status` say so). Prints the new request's id; prints
+    nothing and exits 0 when no instance relapsed. Run `unlearnkit apply` next.
+    """
+    with _errors(f"cannot re-apply {request_id} in {workspace}"), Ledger.open(workspace, wait=wait) as ledger:
+        target = ledger.get(request_id)
+        if target.status != "applied":
+            raise click.ClickException(f"request {request_id!r} is {target.status}, not applied: there is nothing to re-apply")
+        source = _source(ledger)
+        data = open_data_source(source["data"], workspace, verify=False)
+        check = next(r for r in verify(ledger, model_builder(source["model"], workspace), data.rows)
+                     if r["request_id"] == request_id)
+        relapsed = {str(i) for i in check["relapsed_ids"]}
+        if not relapsed:
+            click.echo(f"{request_id}: no instance relapsed (status {check['status']}); nothing to re-apply", err=True)
+            return
+        pick = [n for n, i in enumerate(target.ids) if str(i) in relapsed]
+        record = ledger.add_request(
+            [target.ids[n] for n in pick], labels=[target.labels[n] for n in pick],
+            content_hashes=[target.content_hashes[n] for n in pick], goal=target.goal,
+            new_labels=None if target.new_labels is None else [target.new_labels[n] for n in pick],
+            method=target.method, hyperparams=target.hyperparams, seed=target.seed, request_id=new_id,
+            reapplies=request_id,
+        )
+    click.echo(record.request_id)
+    click.echo(
+        f"pending: {record.request_id} re-applies {record.reapplies} to {len(record.ids)} relapsed instance(s) "
+        f"(ids {list(record.ids)[:10]}); run `unlearnkit apply {workspace}`",
+        err=True,
+    )
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -730,16 +774,19 @@ def export(workspace: Path, output: Path, force: bool) -> None:
 # -- registration -------------------------------------------------------------------------------
 
 #: The commands, in the order a user meets them.
-WORKSPACE_COMMANDS: tuple[click.Command, ...] = (init, request, apply_command, status, verify_command, export)
+WORKSPACE_COMMANDS: tuple[click.Command, ...] = (
+    init, request, apply_command, status, verify_command, reapply, export,
+)
 
 
 def register_workspace_commands(group: click.Group) -> click.Group:
-    """Adds ``init``, ``request``, ``apply``, ``status``, ``verify`` and ``export`` to ``group``.
+    """Adds ``init``, ``request``, ``apply``, ``status``, ``verify``, ``reapply`` and ``export``
+    to ``group``.
 
     Example:
         >>> group = register_workspace_commands(click.Group("demo"))
         >>> sorted(group.commands)
-        ['apply', 'export', 'init', 'request', 'status', 'verify']
+        ['apply', 'export', 'init', 'reapply', 'request', 'status', 'verify']
     """
     for command in WORKSPACE_COMMANDS:
         group.add_command(command)

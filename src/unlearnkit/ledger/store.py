@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 #: Version of the ledger's SQLite schema; a ledger with a newer one is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LEDGER_FILE = "ledger.sqlite"
 MODELS_DIR = "models"
 SOURCE_FILE = "source.json"
@@ -116,6 +116,7 @@ _SCHEMA: tuple[str, ...] = (
         metrics TEXT,
         receipt TEXT,
         version_id INTEGER REFERENCES versions(version_id),
+        reapplies TEXT REFERENCES requests(request_id),
         CHECK ((status = 'applied') = (version_id IS NOT NULL))
     )""",
     """CREATE TABLE versions (
@@ -137,8 +138,10 @@ _SCHEMA: tuple[str, ...] = (
 
 _REQUEST_COLUMNS = (
     "request_id, seq, goal, ids, content_hashes, labels, new_labels, method, hyperparams, seed, "
-    "status, created_at, applied_at, error, metrics, receipt, version_id"
+    "status, created_at, applied_at, error, metrics, receipt, version_id, reapplies"
 )
+#: What schema 1 (before re-applied requests) holds of them, read read-only as schema 2.
+_REQUEST_COLUMNS_V1 = _REQUEST_COLUMNS.replace("version_id, reapplies", "version_id, NULL")
 _VERSION_COLUMNS = "version_id, path, sha256, parent_id, request_id, created_at"
 
 
@@ -168,6 +171,8 @@ class RequestRecord:
         metrics: The run's figures once applied (``metrics["converged"]`` among them).
         receipt: The receipt (:func:`~unlearnkit.receipt.build_receipt`) once applied.
         version_id: The model version the request produced.
+        reapplies: The applied request whose relapsed instances this one forgets again
+            (:meth:`Ledger.add_request`'s ``reapplies``), else ``None``.
     """
 
     request_id: str
@@ -187,6 +192,7 @@ class RequestRecord:
     metrics: dict[str, Any] | None = None
     receipt: dict[str, Any] | None = None
     version_id: int | None = None
+    reapplies: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON-ready values (tuples become lists)."""
@@ -507,7 +513,17 @@ def _connect(db: Path, *, readonly: bool) -> tuple[sqlite3.Connection, int]:
             )
         if version < 1:
             raise LedgerError(f"{db} has an invalid schema_version {version}")
-        # Versions older than SCHEMA_VERSION would be migrated here; version 1 is the first.
+        if not readonly and version == 1:
+            # Schema 2 added requests.reapplies (nullable): one statement, in a transaction.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("ALTER TABLE requests ADD COLUMN reapplies TEXT REFERENCES requests(request_id)")
+                conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            version = 2
         if not readonly:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -550,6 +566,8 @@ class Ledger:
         self._conn: sqlite3.Connection | None = conn
         self._lock = lock
         self._schema_version = schema_version
+        # A schema-1 ledger opened read-only is not migrated: its requests read as re-applying nothing.
+        self._request_columns = _REQUEST_COLUMNS if schema_version >= 2 else _REQUEST_COLUMNS_V1
         #: Leftovers of an interrupted commit that :meth:`open` removed (names relative to the workspace).
         self.cleaned: tuple[str, ...] = ()
 
@@ -810,7 +828,7 @@ class Ledger:
             new_labels=None if new_labels is None else tuple(new_labels), method=row[7],
             hyperparams=json.loads(row[8]), seed=row[9], status=row[10], created_at=row[11],
             applied_at=row[12], error=row[13], metrics=None if row[14] is None else json.loads(row[14]),
-            receipt=None if row[15] is None else json.loads(row[15]), version_id=row[16],
+            receipt=None if row[15] is None else json.loads(row[15]), version_id=row[16], reapplies=row[17],
         )
 
     def get(self, request_id: str) -> RequestRecord:
@@ -819,7 +837,7 @@ class Ledger:
         Raises:
             LedgerError: If there is none.
         """
-        row = self._query(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        row = self._query(f"SELECT {self._request_columns} FROM requests WHERE request_id = ?", (request_id,)).fetchone()
         if row is None:
             raise LedgerError(f"no request {request_id!r} in the ledger of {self._workspace}")
         return self._request(row)
@@ -827,11 +845,11 @@ class Ledger:
     def requests(self, status: str | None = None) -> list[RequestRecord]:
         """Every request (or those with ``status``), in order."""
         if status is None:
-            rows = self._query(f"SELECT {_REQUEST_COLUMNS} FROM requests ORDER BY seq")
+            rows = self._query(f"SELECT {self._request_columns} FROM requests ORDER BY seq")
         else:
             if status not in STATUSES:
                 raise LedgerError(f"status must be one of {STATUSES}, got {status!r}")
-            rows = self._query(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status = ? ORDER BY seq", (status,))
+            rows = self._query(f"SELECT {self._request_columns} FROM requests WHERE status = ? ORDER BY seq", (status,))
         return [self._request(row) for row in rows.fetchall()]
 
     def pending(self) -> list[RequestRecord]:
@@ -918,6 +936,24 @@ class Ledger:
             "an instance can be in only one pending or applied request"
         )
 
+    @staticmethod
+    def _reapply_root(conn: sqlite3.Connection, request_id: str, keys: Sequence[str]) -> str:
+        """The applied request a re-application names (followed to the one first re-applied),
+        after checking that ``keys`` are among its instances."""
+        if not isinstance(request_id, str):
+            raise LedgerError(f"reapplies must be a request id, got {request_id!r}")
+        row = conn.execute("SELECT status, reapplies FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"cannot re-apply {request_id!r}: no such request in the ledger")
+        if row[0] != "applied":
+            raise LedgerError(f"cannot re-apply {request_id!r}: it is {row[0]}, not applied")
+        root = row[1] or request_id
+        held = {i for (i,) in conn.execute("SELECT instance FROM instances WHERE request_id = ?", (root,))}
+        foreign = [k for k in keys if k not in held]
+        if foreign:
+            raise LedgerError(f"cannot re-apply {root!r} with instance(s) {foreign[:10]}: they are not in that request")
+        return root
+
     def add_request(
         self,
         ids: Sequence[InstanceId],
@@ -930,6 +966,7 @@ class Ledger:
         hyperparams: Mapping[str, Any],
         seed: int = 0,
         request_id: str | None = None,
+        reapplies: str | None = None,
     ) -> RequestRecord:
         """Adds a pending deletion request, in one transaction.
 
@@ -944,13 +981,21 @@ class Ledger:
             seed: The run's seed.
             request_id: The caller's name (letters, digits, ``.``, ``_``, ``-``; at most 128);
                 default ``req-NNNN``.
+            reapplies: An applied request whose instances relapsed (met their goal when it was
+                applied, no longer do: :func:`~unlearnkit.ledger.apply.verify` says which).
+                The new request forgets them again: its ids must be among that request's, and
+                they may be in it and in its earlier applied re-applications, which an
+                instance otherwise cannot be. Re-applying a re-application re-applies the
+                request it re-applied.
 
         Returns:
             The new pending request.
 
         Raises:
             LedgerError: On empty or duplicate ids, ids already in a pending or applied request
-                (naming them and that request), a duplicate request id, or malformed fields.
+                (naming them and that request), a duplicate request id, or malformed fields;
+                with ``reapplies``, if that request is not applied or the ids are not among
+                its own.
             UnknownMethodError: If no method has that name.
             InvalidHyperparameterError: If a hyperparameter is unknown or out of range.
         """
@@ -1002,7 +1047,13 @@ class Ledger:
                 row = conn.execute("SELECT status FROM requests WHERE request_id = ?", (request_id,)).fetchone()
                 if row is not None:
                     raise LedgerError(f"request id {request_id!r} is already in the ledger (status {row[0]}); choose another")
+            root = None if reapplies is None else self._reapply_root(conn, reapplies, keys)
             found = self._conflicts(conn, keys)
+            if root is not None:
+                # The request re-applied and its applied re-applications hold these instances by design.
+                chain = {root} | {r for (r,) in conn.execute(
+                    "SELECT request_id FROM requests WHERE reapplies = ? AND status = 'applied'", (root,))}
+                found = [c for c in found if c[1] not in chain]
             if found:
                 raise self._conflict_error(found, "refused")
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
@@ -1013,13 +1064,13 @@ class Ledger:
             record = RequestRecord(
                 request_id=request_id, seq=seq, goal=goal, ids=tuple(clean_ids), content_hashes=tuple(hashes),
                 labels=tuple(label_list), new_labels=None if new_list is None else tuple(new_list), method=method,
-                hyperparams=json.loads(params_text), seed=seed, status="pending", created_at=_now(),
+                hyperparams=json.loads(params_text), seed=seed, status="pending", created_at=_now(), reapplies=root,
             )
             conn.execute(
-                f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES ({','.join('?' * 17)})",
+                f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES ({','.join('?' * 18)})",
                 (record.request_id, seq, goal, json.dumps(clean_ids), json.dumps(hashes), json.dumps(label_list),
                  None if new_list is None else json.dumps(new_list), method, params_text, seed, "pending",
-                 record.created_at, None, None, None, None, None),
+                 record.created_at, None, None, None, None, None, root),
             )
             conn.executemany("INSERT INTO instances (instance, request_id) VALUES (?, ?)", [(k, request_id) for k in keys])
         return record
