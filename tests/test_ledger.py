@@ -661,3 +661,12 @@ def test_a_schema_1_ledger_reads_and_is_migrated_when_opened_for_writing(
         assert add(ledger, digits, correct_ids[:1], reapplies="old").reapplies == "old"
     with Ledger.open_readonly(workspace) as ledger:
         assert ledger.schema_version == 2 and [r.reapplies for r in ledger.requests()] == [None, "old"]
+
+
+def test_a_failed_reapplication_can_be_retried(workspace: Path, digits: DataSplit, correct_ids: list[int], rows) -> None:
+    with Ledger.open(workspace) as ledger:
+        add(ledger, digits, correct_ids[:2], request_id="t-1")
+        apply_pending(ledger, build, rows)
+        add(ledger, digits, correct_ids[:1], reapplies="t-1", request_id="t-1-r1")
+        ledger.fail("t-1-r1", "RuntimeError: the machine went away")
+        assert ledger.retry("t-1-r1").status == "pending"  # t-1 holds its instance by design

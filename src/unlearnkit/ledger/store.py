@@ -912,8 +912,12 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _conflicts(self, conn: sqlite3.Connection, keys: Sequence[str], exclude: str | None = None) -> list[tuple[str, str, str]]:
-        """``(instance, request_id, status)`` of pending or applied requests naming any of ``keys``."""
+    def _conflicts(
+        self, conn: sqlite3.Connection, keys: Sequence[str], exclude: str | None = None, *, reapplies: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """``(instance, request_id, status)`` of pending or applied requests naming any of ``keys``
+        (other than ``exclude``). For a re-application of ``reapplies``, that request and its
+        applied re-applications hold these instances by design and are not conflicts."""
         found: list[tuple[str, str, str]] = []
         for chunk in _chunks(list(keys)):
             marks = ",".join("?" * len(chunk))
@@ -923,6 +927,10 @@ class Ledger:
                 "ORDER BY r.seq",
                 (exclude, *chunk),
             ).fetchall()
+        if reapplies is not None:
+            chain = {reapplies} | {r for (r,) in conn.execute(
+                "SELECT request_id FROM requests WHERE reapplies = ? AND status = 'applied'", (reapplies,))}
+            found = [c for c in found if c[1] not in chain]
         return found
 
     @staticmethod
@@ -1048,12 +1056,7 @@ class Ledger:
                 if row is not None:
                     raise LedgerError(f"request id {request_id!r} is already in the ledger (status {row[0]}); choose another")
             root = None if reapplies is None else self._reapply_root(conn, reapplies, keys)
-            found = self._conflicts(conn, keys)
-            if root is not None:
-                # The request re-applied and its applied re-applications hold these instances by design.
-                chain = {root} | {r for (r,) in conn.execute(
-                    "SELECT request_id FROM requests WHERE reapplies = ? AND status = 'applied'", (root,))}
-                found = [c for c in found if c[1] not in chain]
+            found = self._conflicts(conn, keys, reapplies=root)
             if found:
                 raise self._conflict_error(found, "refused")
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
@@ -1225,7 +1228,8 @@ class Ledger:
             if status != "failed":
                 raise LedgerError(f"request {request_id!r} is {status}, not failed; only a failed request can be retried")
             keys = [r[0] for r in conn.execute("SELECT instance FROM instances WHERE request_id = ?", (request_id,))]
-            found = self._conflicts(conn, keys, exclude=request_id)
+            root = conn.execute("SELECT reapplies FROM requests WHERE request_id = ?", (request_id,)).fetchone()[0]
+            found = self._conflicts(conn, keys, exclude=request_id, reapplies=root)
             if found:
                 raise self._conflict_error(found, f"cannot retry {request_id!r}")
             conn.execute(
