@@ -14,7 +14,6 @@ set). It is skipped only when no Chromium is installed.
 
 from __future__ import annotations
 
-import copy
 import html
 import json
 import os

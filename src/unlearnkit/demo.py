@@ -143,7 +143,6 @@ def run_demo(
     for method in methods:  # refuse bad settings before any model is loaded or trained
         create_method(method, **dict(hyperparams.get(method, {})))
     default = load_pretrained(dataset, directory=cache_directory, progress=progress)
-    data, model = default.data, default.model
     own_models = {
         method: model_for_method(method, default, cache_directory)
         for method in methods if method_class(method).trains_own_model

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from unlearnkit.components.batching import cycled_batches, shuffled_batches
 from unlearnkit.components.loop import take_step
 from unlearnkit.components.penultimate import extractor_parameters, logits_and_embeddings, resolve_head
-from unlearnkit.components.vae import EmbeddingVAE, fit_embedding_vae, standardisation
+from unlearnkit.components.vae import fit_embedding_vae, standardisation
 from unlearnkit.errors import DataContractError, InvalidHyperparameterError, InvalidRequestError
 from unlearnkit.methods.base import (
     FROM_PRESET,
