@@ -146,6 +146,7 @@ def run_sequence(
         shares, accuracies = [], []
         for j in range(step + 1):
             earlier = sequence[j]
+            assert earlier.labels is not None  # draw_sequence labels every request
             logits = predict_logits(current, earlier.inputs)
             met = goal_met(logits, earlier.labels, earlier.new_labels)
             shares.append(100.0 * float(met.float().mean()))
@@ -163,7 +164,7 @@ def run_sequence(
         "seed": seed,
         "original": original,
         "requests": [
-            {"ids": list(r.ids), "labels": r.labels.tolist(),
+            {"ids": list(r.ids), "labels": None if r.labels is None else r.labels.tolist(),
              "new_labels": None if r.new_labels is None else r.new_labels.tolist()}
             for r in sequence
         ],
