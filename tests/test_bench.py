@@ -260,3 +260,13 @@ def test_importing_unlearnkit_does_not_import_ray() -> None:
     code = "import sys, unlearnkit, unlearnkit.bench, unlearnkit.executors, unlearnkit.cli; print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert result.stdout.strip() == "False"
+
+
+def test_grid_lines_keep_the_evidence_figures_but_not_the_report_views(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    run_grid(grid(["digits"], ["neggrad"], [3], ["misclassify"], [0]), path, hyperparams=FAST, evidence=True)
+    (line,) = read_grid(path)
+    evidence = line["run"]["evidence"]
+    assert "views" not in evidence and "views" not in line["retrained"]
+    assert evidence["gap"]["average"] >= 0 and 0 <= evidence["privacy"]["score"] <= 1
+    assert len(path.read_bytes()) < 40_000  # a line with its views took ~25 kB more on MNIST

@@ -156,6 +156,23 @@ def read_grid(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def without_views(figures: Any) -> Any:
+    """``figures`` (a run's evidence, or a retrained reference's figures) as a grid line keeps
+    them: every figure, without the analyst views (prediction matrices, embedding coordinates,
+    attack curves), which only the HTML report draws and which would grow a grid's JSONL by
+    tens of kilobytes per line.
+
+    Example:
+        >>> without_views({"gap": None, "views": {"embedding": []}})
+        {'gap': None}
+        >>> without_views(None) is None
+        True
+    """
+    if isinstance(figures, dict) and "views" in figures:
+        return {k: v for k, v in figures.items() if k != "views"}
+    return figures
+
+
 def _append(path: Path, record: Mapping[str, Any]) -> None:
     """Appends one line and forces it to disk, so a finished run is never lost or half-kept."""
     text = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
@@ -323,13 +340,15 @@ class CellRunner:
                 retain=None if cls.data_access == "forget" else splits["retain"],
                 heldout=heldout_half(data) if cell.mode == "unseen" else None, evidence=gather,
             )
+        run = record.to_dict()
+        run["evidence"] = without_views(run.get("evidence"))
         return {
             "schema_version": GRID_SCHEMA_VERSION,
             "cell": json.loads(cell.key),
             "model": {"sha256": default.sha256, "test_accuracy": default.test_accuracy},
             "request_ids": list(request.ids),
-            "retrained": retrained,
-            "run": record.to_dict(),
+            "retrained": without_views(retrained),
+            "run": run,
             "device": str(torch.device("cpu")) if not torch.cuda.is_available() else "cuda",
             "versions": self.versions,
         }
