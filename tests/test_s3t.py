@@ -425,6 +425,12 @@ def test_prepare_model_reuses_a_matching_directory_and_refuses_another(
         S3T.prepare_model(trained_cnn, train, seed=1, directory=tmp_path, config=small)
     with pytest.raises(CheckpointError, match="already holds an S3T model"):
         S3T.prepare_model(trained_cnn, (train[0], (train[1] + 1) % 10), seed=0, directory=tmp_path, config=small)
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "shard0").mkdir(parents=True)
+    (interrupted / "shard0" / "prefix-0.safetensors").write_bytes(b"half")
+    with pytest.raises(CheckpointError, match="no S3T manifest"):
+        S3T.prepare_model(trained_cnn, train, seed=0, directory=interrupted, config=small)
+    assert (interrupted / "shard0" / "prefix-0.safetensors").read_bytes() == b"half"  # left as it was
 
 
 def test_demo_and_bench_cache_the_s3t_model_and_replace_a_stale_one(tmp_path: Path) -> None:
@@ -442,6 +448,10 @@ def test_demo_and_bench_cache_the_s3t_model_and_replace_a_stale_one(tmp_path: Pa
     again = model_for_method("s3t", default, tmp_path)
     assert json.loads((directory / "s3t_manifest.json").read_text())["seed"] == 0
     assert same_state(again, snapshot(model))
+    # A directory left by an interrupted training (checkpoints, no manifest) is replaced too.
+    (directory / "s3t_manifest.json").unlink()
+    again = model_for_method("s3t", default, tmp_path)
+    assert (directory / "s3t_manifest.json").is_file() and same_state(again, snapshot(model))
 
 
 def test_a_request_beyond_capacity_is_recorded_as_unsupported(digits: DataSplit, tmp_path: Path) -> None:

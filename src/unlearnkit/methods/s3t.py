@@ -135,7 +135,8 @@ class S3T(UnlearningMethod):
 
         Raises:
             CheckpointError: If ``directory`` holds an S3T model trained otherwise (or a
-                backbone is given: its files would be overwritten); choose another directory.
+                backbone is given: its files would be overwritten), or files without a manifest
+                (an interrupted training); choose another directory.
         """
         inputs, labels = train
         num_classes = int(predict_logits(model, inputs[:1]).shape[1])
@@ -154,6 +155,13 @@ class S3T(UnlearningMethod):
                     "load it with unlearnkit.s3t.load_s3t or choose an empty directory"
                 )
             return load_s3t(directory, nn.Flatten())
+        if Path(directory).is_dir() and any(Path(directory).iterdir()):
+            # Files but no manifest: a training that was interrupted (the manifest is written
+            # last). Training over them would mix two runs' checkpoints.
+            raise CheckpointError(
+                f"{directory} holds files but no S3T manifest ({MANIFEST}): an interrupted training; "
+                "remove it or choose an empty directory"
+            )
         return train_s3t(
             nn.Flatten() if backbone is None else backbone, (inputs, labels), ids, config, seed, directory,
             num_classes=num_classes,
