@@ -73,6 +73,10 @@ def test_summary_is_mean_and_sample_sd_over_seeds(tmp_path: Path) -> None:
     assert row["runs"] == 3 and row["converged"] == 3
     table = markdown_table([row])
     assert "### digits, misclassify, k = 3" in table and "`neggrad` | 3/3" in table
+    # A single run has a mean and no spread: shown alone, not as "± 0".
+    (single,) = summarise_grid(records[:1])
+    assert single["Acc(D_test)"] == (pytest.approx(tests[0]), None)
+    assert f"| {tests[0]:.1f} |" in markdown_table([single]) and "±" not in markdown_table([single])
 
 
 def test_bench_cli_resumes_and_writes_markdown(tmp_path: Path) -> None:

@@ -431,7 +431,8 @@ FIGURES: dict[str, Any] = {
 
 def summarise_grid(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation over seeds per (data set, mode, k, method), with the
-    counts of converged, diverged and unsupported runs (diverged runs have no figures).
+    counts of converged, diverged and unsupported runs (diverged runs have no figures). Each
+    figure is ``(mean, sd)``, with ``sd`` ``None`` when only one run has the figure.
 
     Failed lines carry no figures and are not runs: ``failed`` counts the cells of the group
     that have only failed lines (a cell retried with success no longer counts), and ``runs``
@@ -460,7 +461,8 @@ def summarise_grid(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
         }
         for name, get in FIGURES.items():
             values = [v for v in (get(r) for r in group if r["run"]["status"] not in ("diverged", "unsupported")) if v is not None]
-            row[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+            # One value has no spread: None (shown without ±), not a made-up 0.
+            row[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None) if values else None
         rows.append(row)
     return rows
 
@@ -483,7 +485,8 @@ def group_title(dataset: str, mode: str, k: int, forget_set: str = "random") -> 
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary as Markdown tables, one per (data set, mode, k): ``mean ± sd`` over seeds.
+    """The summary as Markdown tables, one per (data set, mode, k): ``mean ± sd`` over seeds
+    (the value alone where there is one run).
 
     The second column reads ``converged/runs``, followed by the diverged runs and the failed
     cells if any (e.g. ``2/3 (1 diverged, 1 failed)``).
@@ -504,7 +507,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
                     cells.append("-")
                 else:
                     digits = 2 if name == "seconds" else 1
-                    cells.append(f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}")
+                    spread = "" if value[1] is None else f" ± {value[1]:.{digits}f}"
+                    cells.append(f"{value[0]:.{digits}f}{spread}")
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
