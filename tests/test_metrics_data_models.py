@@ -496,6 +496,21 @@ def test_load_pretrained_digits_is_the_default_model(
     assert same_weights(loaded.model, default_model.model)
 
 
+def test_pretrained_models_go_to_the_default_device_unless_told(
+    default_model: DefaultModel, default_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unlearnkit.utils.modules import default_device, model_device
+
+    assert default_device() == torch.device("cpu")  # no GPU on this machine
+    assert json.loads(default_model.path.with_suffix(".json").read_text())["device"] == "cpu"
+    assert model_device(load_pretrained("digits", directory=default_dir).model) == torch.device("cpu")
+    assert model_device(load_pretrained("digits", directory=default_dir, device="cpu").model) == torch.device("cpu")
+    # With a GPU, the current CUDA device is the default (init_from_env sets it per rank).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert default_device() == torch.device("cuda", 1)
+
+
 def _copy_cache(default_model: DefaultModel, directory: Path) -> tuple[Path, Path]:
     """Copies the default model's cache files into ``directory``; returns their new paths."""
     path = directory / default_model.path.name

@@ -51,6 +51,7 @@ from unlearnkit.demo import draw_request, evidence_for_request, heldout_half, mo
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.models.pretrained import DefaultModel, cache_dir, load_pretrained
 from unlearnkit.scenarios.single import RunRecord, run_request
+from unlearnkit.utils.modules import model_device
 from unlearnkit.utils.versions import environment_versions
 
 if TYPE_CHECKING:  # executors imports this module's names at run time; avoid the cycle
@@ -349,7 +350,7 @@ class CellRunner:
             "request_ids": list(request.ids),
             "retrained": without_views(retrained),
             "run": run,
-            "device": str(torch.device("cpu")) if not torch.cuda.is_available() else "cuda",
+            "device": str(model_device(base)),
             "versions": self.versions,
         }
 

@@ -22,7 +22,7 @@ from unlearnkit.methods.registry import list_methods, method_class
 from unlearnkit.report.bench_plots import grid_plots, markdown_figures, write_grid_plots
 from unlearnkit.report.continual_html import write_continual_report
 from unlearnkit.report.html import ResultsFormatError, load_results, write_report
-from unlearnkit.models.pretrained import load_pretrained
+from unlearnkit.models.pretrained import PRETRAINED, load_pretrained
 from unlearnkit.report.table import format_table
 from unlearnkit.scenarios.continual import draw_sequence, relapse_table, run_sequence
 from unlearnkit.scenarios.forget_sets import FORGET_SET_KINDS
@@ -56,7 +56,9 @@ def parse_seeds(spec: str) -> list[int]:
 
 
 #: Data sets the demo, continual and bench commands take (keys of the pretrained specs).
-DATASETS = ["digits", "mnist", "cifar10"]
+#: Every pretrained model by name: digits, mnist, cifar10 (narrow ResNet-18 for a CPU) and
+#: cifar10-resnet18-full (the paper's ResNet-18, for a GPU).
+DATASETS = list(PRETRAINED)
 
 
 @contextlib.contextmanager
@@ -370,7 +372,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 @main.command()
-@click.option("--datasets", default="digits", show_default=True, help="Comma-separated: digits, mnist, cifar10.")
+@click.option("--datasets", default="digits", show_default=True, help="Comma-separated: digits, mnist, cifar10, cifar10-resnet18-full (for a GPU).")
 @click.option("--methods", "method_spec", default=",".join(DEFAULT_DEMO_METHODS), show_default=True, help="Comma-separated method names, or 'all'.")
 @click.option("-k", "--k", "ks", default="16", show_default=True, help="Comma-separated forget-set sizes, e.g. 1,16,64,128.")
 @click.option("--modes", default="misclassify", show_default=True, help="Comma-separated: misclassify, relabel, unseen.")

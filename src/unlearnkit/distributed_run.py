@@ -45,6 +45,7 @@ from unlearnkit.result import UnlearnResult
 from unlearnkit.sources.model import load_model
 from unlearnkit.utils.checkpoint import save_state_dict
 from unlearnkit.utils.io import write_json_atomic
+from unlearnkit.utils.modules import default_device
 
 
 def load_model_and_data(
@@ -106,11 +107,8 @@ def unlearn_request(
 
 
 def _device(choice: str) -> torch.device:
-    if choice != "auto":
-        return torch.device(choice)
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())  # init_from_env picked LOCAL_RANK's GPU
-    return torch.device("cpu")
+    # "auto": init_from_env made LOCAL_RANK's GPU the current device, where there is one.
+    return default_device() if choice == "auto" else torch.device(choice)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -32,6 +32,7 @@ from unlearnkit.models.small_cnn import SmallCNN
 from unlearnkit.models.training import TrainRecipe, train_classifier
 from unlearnkit.utils.checkpoint import load_state_dict, save_state_dict
 from unlearnkit.utils.io import write_json_atomic
+from unlearnkit.utils.modules import default_device
 from unlearnkit.utils.versions import environment_versions
 
 #: Environment variable that overrides the cache directory.
@@ -148,7 +149,9 @@ def load_default_model(*, directory: str | Path | None = None, progress: bool = 
     return load_pretrained("digits", directory=directory, progress=progress)
 
 
-def load_pretrained(name: str, *, directory: str | Path | None = None, progress: bool = False) -> DefaultModel:
+def load_pretrained(
+    name: str, *, directory: str | Path | None = None, progress: bool = False, device: torch.device | str | None = None
+) -> DefaultModel:
     """Loads the model ``name`` (a key of :data:`PRETRAINED`) from the cache, training it on first use.
 
     Args:
@@ -159,18 +162,26 @@ def load_pretrained(name: str, *, directory: str | Path | None = None, progress:
             :func:`~unlearnkit.data.cifar10.load_cifar10`.
         directory: Cache directory; defaults to :func:`cache_dir`.
         progress: Show a progress bar while training.
-
+        device: Where the model trains and is returned (default: :func:`~unlearnkit.utils.modules.default_device`,
+            a GPU when there is one). The cache holds CPU tensors either way.
 
     Raises:
         KeyError: If ``name`` is not a known model.
     """
     spec = _spec(name)
     data = spec.load_data()
-    return _load_or_train(spec, data, data.x_train, data.y_train, spec.fingerprint(), f"{name} model", directory, progress)
+    return _load_or_train(
+        spec, data, data.x_train, data.y_train, spec.fingerprint(), f"{name} model", directory, progress, device
+    )
 
 
 def load_retrained(
-    name: str, forget_ids: Sequence[int], *, directory: str | Path | None = None, progress: bool = False
+    name: str,
+    forget_ids: Sequence[int],
+    *,
+    directory: str | Path | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> DefaultModel:
     """The model ``name`` retrained from scratch without the training rows ``forget_ids``: the
     gold-standard reference of a forget request, cached like the pretrained model.
@@ -185,6 +196,7 @@ def load_retrained(
         forget_ids: Indices into the training set (order and repeats do not matter).
         directory: Cache directory; defaults to :func:`cache_dir`.
         progress: Show a progress bar while training.
+        device: Where the model trains and is returned (default: a GPU when there is one).
 
     Raises:
         KeyError: If ``name`` is not a known model.
@@ -203,7 +215,7 @@ def load_retrained(
     digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
     stem = f"{spec.fingerprint()}-without-{digest}"
     what = f"{name} model retrained without {len(ids)} rows"
-    return _load_or_train(spec, data, data.x_train[keep], data.y_train[keep], stem, what, directory, progress)
+    return _load_or_train(spec, data, data.x_train[keep], data.y_train[keep], stem, what, directory, progress, device)
 
 
 def _spec(name: str) -> PretrainedSpec:
@@ -221,9 +233,12 @@ def _load_or_train(
     what: str,
     directory: str | Path | None,
     progress: bool,
+    device: torch.device | str | None = None,
 ) -> DefaultModel:
     """Loads ``stem`` from the cache if its hash checks out, else trains ``spec``'s model on
-    ``(inputs, labels)`` and caches it (safetensors plus a sidecar JSON with the sha256)."""
+    ``(inputs, labels)`` and caches it (safetensors plus a sidecar JSON with the sha256). The
+    model is returned on ``device`` (default: :func:`~unlearnkit.utils.modules.default_device`)."""
+    device = torch.device(device) if device is not None else default_device()
     directory = Path(directory) if directory is not None else cache_dir()
     path, sidecar = directory / f"{stem}.safetensors", directory / f"{stem}.json"
     model = build_untrained(spec)
@@ -231,6 +246,7 @@ def _load_or_train(
         try:
             record = json.loads(sidecar.read_text())
             load_state_dict(model, path, expected_sha256=record["sha256"])
+            model.to(device)
             return DefaultModel(
                 model.eval(), data, path, record["sha256"], accuracy(model, data.x_test, data.y_test),
                 spec.recipe, True, 0.0,
@@ -239,7 +255,7 @@ def _load_or_train(
             warnings.warn(f"cached {what} is unusable ({err}); retraining it", stacklevel=3)
             model = build_untrained(spec)
     started = time.perf_counter()
-    train_classifier(model, inputs, labels, spec.recipe, progress=progress)
+    train_classifier(model, inputs, labels, spec.recipe, progress=progress, device=device)
     seconds = time.perf_counter() - started
     test_acc = accuracy(model, data.x_test, data.y_test)
     # as_dict, not asdict: recipes from before the optimizer/augment fields keep their bytes.
@@ -250,6 +266,7 @@ def _load_or_train(
         "train_rows": int(labels.shape[0]),
         "test_accuracy": test_acc,
         "train_seconds": seconds,
+        "device": str(device),
         "versions": environment_versions(),
     }
     description = getattr(data, "description", None)  # e.g. CIFAR-10's "JPEG re-encode" note

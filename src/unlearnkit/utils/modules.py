@@ -21,6 +21,19 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def default_device() -> torch.device:
+    """The device work goes to when the caller names none: the current CUDA device when a GPU
+    is present, else the CPU.
+
+    Example:
+        >>> default_device().type in ("cpu", "cuda")
+        True
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The floating dtype of the model's first floating parameter; float32 if it has none."""
     for tensor in model.parameters():
