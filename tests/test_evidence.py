@@ -145,10 +145,10 @@ def test_retrained_reference_is_cached_and_never_sees_the_forget_rows(
     seen: list[int] = []
     real_train = pretrained_module.train_classifier
 
-    def spy(model, inputs, labels, recipe, progress=False):
+    def spy(model, inputs, labels, recipe, **options):
         seen.append(int(inputs.shape[0]))
         fast = type(recipe)(**{**recipe.__dict__, "epochs": 1})
-        return real_train(model, inputs, labels, fast, progress=progress)
+        return real_train(model, inputs, labels, fast, **options)
 
     monkeypatch.setattr(pretrained_module, "train_classifier", spy)
     first = load_retrained("digits", [5, 3, 9], directory=tmp_path)
