@@ -140,6 +140,27 @@ def test_bench_cli_errors(extra: list[str], message: str, tmp_path: Path) -> Non
     assert not out.exists()
 
 
+def test_bench_takes_the_full_width_model_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cifar10-resnet18-full is a data set the grid knows (not refused as unknown) and its cells
+    load that pretrained model; loading is stubbed here, since training it takes days on a CPU."""
+    import unlearnkit.bench as bench_module
+
+    asked: list[str] = []
+
+    def no_model(name: str, **_: object) -> None:
+        asked.append(name)
+        raise FileNotFoundError(f"stub: {name} is not trained here")
+
+    monkeypatch.setattr(bench_module, "load_pretrained", no_model)
+    out = tmp_path / "b.jsonl"
+    args = ["bench", "--datasets", "cifar10-resnet18-full", "--methods", "neggrad", "--no-progress", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "unknown data set" not in result.output
+    assert asked == ["cifar10-resnet18-full"]
+    (line,) = read_grid(out)
+    assert line["cell"]["dataset"] == "cifar10-resnet18-full" and "is not trained here" in json.dumps(line)
+
+
 def test_grid_lines_are_strict_json(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     run_grid(grid(["digits"], ["neggrad"], [2], ["misclassify"], [0]), path, hyperparams=FAST, evidence=False)
@@ -272,5 +293,6 @@ def test_grid_lines_keep_the_evidence_figures_but_not_the_report_views(tmp_path:
     (line,) = read_grid(path)
     evidence = line["run"]["evidence"]
     assert "views" not in evidence and "views" not in line["retrained"]
+    assert line["device"] == "cpu"  # where the model ran
     assert evidence["gap"]["average"] >= 0 and 0 <= evidence["privacy"]["score"] <= 1
     assert len(path.read_bytes()) < 40_000  # a line with its views took ~25 kB more on MNIST

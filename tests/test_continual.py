@@ -8,6 +8,7 @@ from torch import nn
 
 from helpers import same_state, snapshot
 from unlearnkit.data import DataSplit
+from unlearnkit.errors import InvalidRequestError
 from unlearnkit.methods import METHODS, MethodRun, UnlearnContext, UnlearningMethod, method_class, register_method
 from unlearnkit.models import SmallCNN
 from unlearnkit.request import ForgetRequest
@@ -142,6 +143,9 @@ def test_bad_sequences_are_refused(trained_cnn: SmallCNN, digits: DataSplit) -> 
     outside = ForgetRequest(digits.x_train[:2], digits.y_train[:2], ids=(0, 99999))
     with pytest.raises(ValueError, match="outside the 1437 training rows"):
         run_sequence(trained_cnn, [outside], "neggrad", data=digits)
+    unlabelled = ForgetRequest(digits.x_train[:2], None, ids=(0, 1))
+    with pytest.raises(InvalidRequestError, match="request 1 has no labels"):
+        run_sequence(trained_cnn, [sequence[0], unlabelled], "neggrad", data=digits)
     with pytest.raises(ValueError, match="requests must be >= 1"):
         draw_sequence(digits, 0, 4, seed=0)
 

@@ -245,3 +245,24 @@ def test_a_feature_cache_gives_the_same_evidence_and_extracts_the_references_onc
     assert calls.count(id(trained_cnn)) == 1 and calls.count(id(other)) == 1  # once per request
     assert first["cka_layers"] == second["cka_layers"]
     assert [r["original"] for r in first["cka_layers"]] == pytest.approx([r["original"] for r in plain["cka_layers"]])
+
+
+def test_evidence_for_request_draws_views_only_when_asked_and_needs_labels() -> None:
+    from unlearnkit.demo import draw_request, evidence_for_request
+    from unlearnkit.request import ForgetRequest
+
+    default = load_pretrained("digits")  # the session cache: trained once per test session
+    data = default.data
+    request, keep = draw_request(data, 4, 0, "misclassify")
+    splits = {"retain": (data.x_train[keep], data.y_train[keep]), "test": (data.x_test, data.y_test)}
+    result = unlearnkit.unlearn(copy.deepcopy(default.model), request, method="neggrad", lr=0.02, max_steps=20)
+    with_views = evidence_for_request(default.model, data, request, splits, "digits", None, 0, False)
+    without = evidence_for_request(default.model, data, request, splits, "digits", None, 0, False, views=False)
+    assert "views" in with_views[1] and "original_views" in with_views[2] and "views" in with_views[0](result)
+    evidence = without[0](result)
+    assert "views" not in without[1] and "original_views" not in without[2] and "views" not in evidence
+    # Every figure is still there, the same as with the views.
+    assert {k: v for k, v in with_views[0](result).items() if k != "views"} == evidence
+    unlabelled = ForgetRequest(request.inputs, None, ids=request.ids)
+    with pytest.raises(unlearnkit.errors.InvalidRequestError, match="measured against its labels; this one has none"):
+        evidence_for_request(default.model, data, unlabelled, splits, "digits", None, 0, False)

@@ -157,23 +157,6 @@ def read_grid(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def without_views(figures: Any) -> Any:
-    """``figures`` (a run's evidence, or a retrained reference's figures) as a grid line keeps
-    them: every figure, without the analyst views (prediction matrices, embedding coordinates,
-    attack curves), which only the HTML report draws and which would grow a grid's JSONL by
-    tens of kilobytes per line.
-
-    Example:
-        >>> without_views({"gap": None, "views": {"embedding": []}})
-        {'gap': None}
-        >>> without_views(None) is None
-        True
-    """
-    if isinstance(figures, dict) and "views" in figures:
-        return {k: v for k, v in figures.items() if k != "views"}
-    return figures
-
-
 def _append(path: Path, record: Mapping[str, Any]) -> None:
     """Appends one line and forces it to disk, so a finished run is never lost or half-kept."""
     text = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
@@ -312,8 +295,11 @@ class CellRunner:
             splits = {"retain": (data.x_train[keep], data.y_train[keep]), "test": (data.x_test, data.y_test)}
             gather, retrained = None, None
             if settings.evidence:
+                # Grid lines keep figures only: the analyst views (tens of kB per line) are for
+                # the HTML report, and are not drawn here.
                 gather, retrained, _ = evidence_for_request(
-                    default.model, data, request, splits, cell.dataset, settings.cache_directory, cell.seed, False
+                    default.model, data, request, splits, cell.dataset, settings.cache_directory, cell.seed, False,
+                    views=False,
                 )
             # Kept only once complete: a request whose reference failed is prepared afresh by
             # its next cell, which then fails (or succeeds) on its own.
@@ -330,7 +316,7 @@ class CellRunner:
             base = self._own_models[key]
             if settings.evidence:
                 gather = evidence_for_request(
-                    base, data, request, splits, cell.dataset, settings.cache_directory, cell.seed, False
+                    base, data, request, splits, cell.dataset, settings.cache_directory, cell.seed, False, views=False
                 )[0]
         if (cell.mode == "relabel" and not cls.supports_relabel) or (cell.mode == "unseen" and not cls.supports_unseen):
             record = RunRecord(cell.method, cell.seed, cell.mode, "unsupported", error=f"{cell.method} does not support {cell.mode!r}")
@@ -341,15 +327,13 @@ class CellRunner:
                 retain=None if cls.data_access == "forget" else splits["retain"],
                 heldout=heldout_half(data) if cell.mode == "unseen" else None, evidence=gather,
             )
-        run = record.to_dict()
-        run["evidence"] = without_views(run.get("evidence"))
         return {
             "schema_version": GRID_SCHEMA_VERSION,
             "cell": json.loads(cell.key),
             "model": {"sha256": default.sha256, "test_accuracy": default.test_accuracy},
             "request_ids": list(request.ids),
-            "retrained": without_views(retrained),
-            "run": run,
+            "retrained": retrained,
+            "run": record.to_dict(),
             "device": str(model_device(base)),
             "versions": self.versions,
         }

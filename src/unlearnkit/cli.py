@@ -372,7 +372,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 @main.command()
-@click.option("--datasets", default="digits", show_default=True, help="Comma-separated: digits, mnist, cifar10, cifar10-resnet18-full (for a GPU).")
+@click.option("--datasets", default="digits", show_default=True, help=f"Comma-separated: {', '.join(DATASETS)} (the last for a GPU).")
 @click.option("--methods", "method_spec", default=",".join(DEFAULT_DEMO_METHODS), show_default=True, help="Comma-separated method names, or 'all'.")
 @click.option("-k", "--k", "ks", default="16", show_default=True, help="Comma-separated forget-set sizes, e.g. 1,16,64,128.")
 @click.option("--modes", default="misclassify", show_default=True, help="Comma-separated: misclassify, relabel, unseen.")

@@ -293,11 +293,13 @@ def evidence_for_request(
     progress: bool,
     *,
     projection: str = "pca",
+    views: bool = True,
 ) -> tuple[Callable[[UnlearnResult], dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """A function gathering the evidence of one run (for
     :func:`~unlearnkit.scenarios.single.run_request`'s ``evidence``), the retrained reference
     of ``request`` (cached) with its figures and analyst views, and the request's figures of the
-    original model: ``{"per_class_test_original", "original_views"}``.
+    original model: ``{"per_class_test_original", "original_views"}`` (the views only with
+    ``views``).
 
     Args:
         model: The original model.
@@ -309,6 +311,8 @@ def evidence_for_request(
         seed: Seed of the attacks and relearn runs.
         progress: Show progress bars.
         projection: Projection of the embedding maps (``"pca"`` or ``"umap"``).
+        views: Draw the analyst views (prediction matrices, embedding maps) of the original,
+            the retrained and every unlearned model; only the HTML report shows them.
     """
     if request.labels is None:
         raise InvalidRequestError("the evidence of a request is measured against its labels; this one has none")
@@ -321,12 +325,11 @@ def evidence_for_request(
         **{k: v for k, v in retrained_figures.items() if k != "per_class_test"},
         "per_class_test": retrained_figures["per_class_test"],
         "sha256": reference.sha256, "seconds": reference.train_seconds, "from_cache": reference.from_cache,
-        "views": model_views(reference.model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection),
     }
-    original = {
-        "per_class_test_original": original_figures["per_class_test"],
-        "original_views": model_views(model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection),
-    }
+    original: dict[str, Any] = {"per_class_test_original": original_figures["per_class_test"]}
+    if views:
+        retrained["views"] = model_views(reference.model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection)
+        original["original_views"] = model_views(model, forget, test, num_classes=data.num_classes, seed=seed, projection=projection)
 
     features: dict[Any, Any] = {}  # the reference models' features, extracted once per request
 
@@ -336,7 +339,7 @@ def evidence_for_request(
             goal_met=[o.goal_met for o in result.outcomes], ids=list(request.ids),
             original_figures=original_figures, retrained=reference.model, retrained_figures=retrained_figures,
             num_classes=data.num_classes, seed=seed, feature_cache=features,
-            new_labels=request.new_labels, projection=projection,
+            new_labels=request.new_labels, projection=projection, views=views,
         )
 
     return gather, retrained, original

@@ -142,7 +142,8 @@ class S3T(UnlearningMethod):
         num_classes = int(predict_logits(model, inputs[:1]).shape[1])
         ids = list(range(inputs.shape[0]) if deletable_ids is None else deletable_ids)
         config = config or cls.DEFAULT_CONFIG
-        manifest_path = Path(directory) / MANIFEST
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
             same = backbone is None and manifest.get("config") == config.to_dict() and manifest.get("seed") == seed and (
@@ -155,7 +156,7 @@ class S3T(UnlearningMethod):
                     "load it with unlearnkit.s3t.load_s3t or choose an empty directory"
                 )
             return load_s3t(directory, nn.Flatten())
-        if Path(directory).is_dir() and any(Path(directory).iterdir()):
+        if directory.is_dir() and any(directory.iterdir()):
             # Files but no manifest: a training that was interrupted (the manifest is written
             # last). Training over them would mix two runs' checkpoints.
             raise CheckpointError(

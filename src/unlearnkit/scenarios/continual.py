@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from unlearnkit.components.stopping import goal_met
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
-from unlearnkit.errors import NonFiniteError
+from unlearnkit.errors import InvalidRequestError, NonFiniteError
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import accuracy
 from unlearnkit.request import ForgetRequest
@@ -112,10 +112,14 @@ def run_sequence(
 
     Raises:
         ValueError: If a request's ids are not training indices or repeat an earlier request's.
+        InvalidRequestError: If a request has no labels: every request is measured against its
+            own labels after each later one (refused before any request is applied).
     """
     n = len(data.y_train)
     seen: set[int] = set()
     for j, request in enumerate(sequence):
+        if request.labels is None:
+            raise InvalidRequestError(f"request {j} has no labels; a continual sequence measures each request against its labels")
         ids = [int(i) for i in request.ids]
         if any(not 0 <= i < n for i in ids):
             raise ValueError(f"request {j} has ids outside the {n} training rows")
@@ -146,7 +150,7 @@ def run_sequence(
         shares, accuracies = [], []
         for j in range(step + 1):
             earlier = sequence[j]
-            assert earlier.labels is not None  # draw_sequence labels every request
+            assert earlier.labels is not None  # refused above otherwise
             logits = predict_logits(current, earlier.inputs)
             met = goal_met(logits, earlier.labels, earlier.new_labels)
             shares.append(100.0 * float(met.float().mean()))

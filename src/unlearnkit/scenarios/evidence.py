@@ -154,6 +154,7 @@ def gather_evidence(
     feature_cache: dict[tuple[int, tuple[str, ...]], dict[str, Tensor]] | None = None,
     new_labels: Tensor | None = None,
     projection: str = "pca",
+    views: bool = True,
 ) -> dict[str, Any]:
     """Every figure of the evidence for one unlearned model, JSON-ready.
 
@@ -180,6 +181,8 @@ def gather_evidence(
             per request instead of once per run.
         new_labels: Relabel targets of the forget set (relabel goal), for the embedding marks.
         projection: Projection of the embedding map, ``"pca"`` or ``"umap"`` (umap-learn).
+        views: Also draw the analyst views (prediction matrices, embedding map), which only
+            the HTML report shows; benchmark grids keep figures only and skip them.
 
     Returns:
         The ``evidence`` object of the results JSON (see the README): the figures of
@@ -189,8 +192,8 @@ def gather_evidence(
         ``original_forget``, ``original_other``, ``retrained_forget`` and ``retrained_other``:
         CKA on the forget inputs and on the test sample alone), ``knn_forget``, ``weight_change``,
         ``collateral``, ``relearn``, ``instances`` (per forget instance: the SVC's member call
-        and ``p_y``), ``logit_only``, ``verdict``, ``views`` (prediction matrices and embedding
-        map, :func:`~unlearnkit.scenarios.views.model_views`) and ``privacy`` (threshold
+        and ``p_y``), ``logit_only``, ``verdict``, ``views`` (with ``views``: prediction matrices and
+        embedding map, :func:`~unlearnkit.scenarios.views.model_views`) and ``privacy`` (threshold
         attacks against the retrained model and the privacy score PS,
         :func:`~unlearnkit.scenarios.views.privacy_evidence`).
     """
@@ -278,12 +281,13 @@ def gather_evidence(
     )
     evidence["verdict"] = verdict(evidence, original_figures, goal_met, thresholds)
 
-    # The analyst's views: prediction matrices, embedding map, and the privacy attack.
-    retrained_predictions = None if retrained is None else predict_logits(retrained, forget[0]).argmax(dim=1)
-    evidence["views"] = model_views(
-        unlearned, forget, test, num_classes=num_classes, seed=seed, projection=projection,
-        retrained_predictions=retrained_predictions, new_labels=new_labels,
-    )
+    # The analyst's views (prediction matrices, embedding map), and the privacy attack.
+    if views:
+        retrained_predictions = None if retrained is None else predict_logits(retrained, forget[0]).argmax(dim=1)
+        evidence["views"] = model_views(
+            unlearned, forget, test, num_classes=num_classes, seed=seed, projection=projection,
+            retrained_predictions=retrained_predictions, new_labels=new_labels,
+        )
     evidence["privacy"] = privacy_evidence(unlearned, retrained, forget)
     return evidence
 
