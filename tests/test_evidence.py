@@ -98,6 +98,22 @@ def test_a_head_only_change_is_flagged_as_logit_only(trained_cnn: SmallCNN, spli
     assert not evidence["verdict"]["passed"]  # utility check fails: test accuracy collapsed on those classes
 
 
+def test_a_layer_of_dead_units_leaves_its_cka_undefined_not_the_evidence(trained_cnn: SmallCNN, splits: dict) -> None:
+    """A model whose feature layer went dead (every unit 0 on every input) has no CKA on that
+    layer; the rest of the evidence is still measured and the reason is on record."""
+    unlearned = copy.deepcopy(trained_cnn)
+    with torch.no_grad():
+        unlearned.head[0].bias.fill_(-1e4)  # ReLU after it: the feature layer is all zeros
+    evidence = _evidence(trained_cnn, unlearned, splits, [True] * 4, retrained=trained_cnn)
+    last = evidence["cka_layers"][-1]
+    assert evidence["cka"] == {"original": None, "retrained": None}
+    assert last["original_forget"] is None and last["retrained_other"] is None
+    assert any("no variance" in why and why.startswith("original on all rows") for why in last["undefined"])
+    earlier = evidence["cka_layers"][0]  # the convolutions did not change
+    assert earlier["original"] == pytest.approx(1.0) and "undefined" not in earlier
+    assert evidence["verdict"]["checks"] and evidence["knn_forget"] is not None
+
+
 def test_gap_is_salun_average_gap_to_the_retrained_figures(trained_cnn: SmallCNN, splits: dict, digits: DataSplit) -> None:
     result = unlearnkit.unlearn(trained_cnn, splits["forget"], method="neggrad", lr=0.05)
     torch.manual_seed(0)

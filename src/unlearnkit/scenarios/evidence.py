@@ -32,7 +32,7 @@ from unlearnkit.metrics.membership import (
     true_label_probability,
 )
 from unlearnkit.metrics.relearn import relearn_steps
-from unlearnkit.metrics.representation import knn_accuracy, linear_cka, weight_change_by_layer
+from unlearnkit.metrics.representation import knn_accuracy, weight_change_by_layer
 from unlearnkit.scenarios.views import model_views, privacy_evidence, sample_indices, split_cka
 from unlearnkit.utils.modules import predict_logits
 
@@ -190,7 +190,9 @@ def gather_evidence(
         terms, or ``None``), ``cka`` and ``cka_layers`` (linear CKA on the forget inputs and up
         to ``probe_size`` test inputs, to the original and the retrained model; each ``cka_layers`` entry also holds
         ``original_forget``, ``original_other``, ``retrained_forget`` and ``retrained_other``:
-        CKA on the forget inputs and on the test sample alone), ``knn_forget``, ``weight_change``,
+        CKA on the forget inputs and on the test sample alone; a value that is undefined on a
+        layer, such as one whose features do not vary, is ``None`` with its reason in the entry's
+        ``undefined``), ``knn_forget``, ``weight_change``,
         ``collateral``, ``relearn``, ``instances`` (per forget instance: the SVC's member call
         and ``p_y``), ``logit_only``, ``verdict``, ``views`` (with ``views``: prediction matrices and
         embedding map, :func:`~unlearnkit.scenarios.views.model_views`) and ``privacy`` (threshold
@@ -231,18 +233,8 @@ def gather_evidence(
     # own model (S3T) has another architecture than the retrained one, and its outputs are
     # still compared below (gap, privacy attack, embedding marks).
     retrained_feats = reference_features(retrained) if retrained is not None and _holds_layers(retrained, layers) else None
-    evidence["cka_layers"] = [
-        {
-            "layer": layer,
-            "original": linear_cka(mine_feats[layer], original_feats[layer]),
-            "retrained": None if retrained_feats is None else linear_cka(mine_feats[layer], retrained_feats[layer]),
-        }
-        for layer in layers
-    ]
     n_forget = forget[0].shape[0]
-    split = split_cka(mine_feats, {"original": original_feats, "retrained": retrained_feats}, n_forget)
-    for entry, parts in zip(evidence["cka_layers"], split):
-        entry.update({k: v for k, v in parts.items() if k != "layer"})
+    evidence["cka_layers"] = split_cka(mine_feats, {"original": original_feats, "retrained": retrained_feats}, n_forget)
     evidence["cka"] = {k: evidence["cka_layers"][-1][k] for k in ("original", "retrained")}
 
     # k-NN on the model's own features: do the forget instances still sit with their class?

@@ -139,8 +139,12 @@ def _cka(a: Tensor, b: Tensor) -> tuple[float | None, str | None]:
 def split_cka(
     mine: dict[str, Tensor], references: dict[str, dict[str, Tensor] | None], n_forget: int
 ) -> list[dict[str, Any]]:
-    """Linear CKA per layer on the forget rows (the first ``n_forget``) and the other rows of
-    the same features, against each reference.
+    """Linear CKA per layer on all rows, on the forget rows (the first ``n_forget``) and on the
+    other rows of the same features, against each reference.
+
+    A value that is undefined (too few rows, or a layer whose features do not vary over those
+    rows, such as a layer of dead units) is ``None`` and its reason is listed in ``undefined``:
+    one such layer must not cost the run the rest of its evidence.
 
     Args:
         mine: Layer -> features of the model under study (forget rows first).
@@ -149,25 +153,31 @@ def split_cka(
         n_forget: Forget rows at the top of each matrix.
 
     Returns:
-        Per layer: ``{"layer", "<ref>_forget", "<ref>_other", ...}``; a value that is undefined
-        (e.g. a single forget instance) is ``None`` and its reason is in ``undefined``.
+        Per layer: ``{"layer", "<ref>", "<ref>_forget", "<ref>_other", ...}`` (``<ref>`` alone:
+        all rows), plus ``undefined`` (a list of reasons) when any value is ``None`` for a reason
+        other than a missing reference.
 
     Example:
         >>> f = {"l": torch.tensor([[0.0], [1.0], [2.0], [4.0]])}
-        >>> split_cka(f, {"original": f, "retrained": None}, 2)
-        [{'layer': 'l', 'original_forget': 1.0, 'original_other': 1.0, 'retrained_forget': None, 'retrained_other': None}]
+        >>> split_cka(f, {"original": f, "retrained": None}, 2)  # doctest: +NORMALIZE_WHITESPACE
+        [{'layer': 'l', 'original': 1.0, 'original_forget': 1.0, 'original_other': 1.0,
+          'retrained': None, 'retrained_forget': None, 'retrained_other': None}]
+        >>> dead = {"l": torch.zeros(4, 3)}
+        >>> split_cka(dead, {"original": f}, 2)[0]["undefined"][0]
+        'original on all rows: x has no variance (all rows are equal); CKA is undefined'
     """
+    parts = (("", "all rows", slice(None)), ("_forget", "forget", slice(0, n_forget)), ("_other", "other", slice(n_forget, None)))
     rows = []
     for layer, features in mine.items():
         entry: dict[str, Any] = {"layer": layer}
         reasons = []
         for name, reference in references.items():
-            for part, rows_of in (("forget", slice(0, n_forget)), ("other", slice(n_forget, None))):
+            for suffix, part, rows_of in parts:
                 if reference is None:
-                    entry[f"{name}_{part}"] = None
+                    entry[f"{name}{suffix}"] = None
                     continue
                 value, why = _cka(features[rows_of], reference[layer][rows_of])
-                entry[f"{name}_{part}"] = value
+                entry[f"{name}{suffix}"] = value
                 if why:
                     reasons.append(f"{name} on {part}: {why}")
         if reasons:
