@@ -73,6 +73,19 @@ class ForgetObjectiveMethod(UnlearningMethod):
     #: Whether the method has a retain proxy to choose ``lr="auto"`` against.
     supports_auto_lr: ClassVar[bool] = False
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    optimizer: str
+    lr: float | str
+    momentum: float
+    weight_decay: float
+    forget_loss: str
+    forget_margin: float
+    stop_margin: float
+    bn_mode: str
+    max_passes: int | None
+    max_steps: int | None
+    max_seconds: float | None
+
     def __init__(
         self,
         *,

@@ -144,6 +144,14 @@ class BadTeacher(UnlearningMethod):
     goal_driven = False
     presets: ClassVar[dict[str, dict[str, Any]]] = BAD_TEACHER_PRESETS
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    lr: float
+    epochs: int
+    batch_size: int
+    temperature: float
+    retain_fraction: float
+    weight_decay: float
+
     def __init__(
         self,
         *,

@@ -167,6 +167,8 @@ class UnlearningMethod(abc.ABC):
     #: Preset name -> values of the preset-dependent hyperparameters. ``"default"`` is the robust
     #: recipe used when no preset is named; ``"paper"`` reproduces the published recipe.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The preset the instance was built with (methods with presets only).
+    preset: str
 
     def _set_params(self, preset: str, **given: Any) -> None:
         """Stores hyperparameters as attributes, filling ``FROM_PRESET`` ones from ``preset``.

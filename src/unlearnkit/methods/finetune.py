@@ -72,6 +72,13 @@ class FineTune(UnlearningMethod):
     goal_driven = False
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {"lr": 1e-2}, "paper": {"lr": 1e-3}}
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    lr: float
+    epochs: int
+    batch_size: int
+    momentum: float
+    weight_decay: float
+
     def __init__(
         self,
         *,

@@ -192,6 +192,9 @@ class GSLoRA(UnlearningMethod):
         "paper": {"forget_bound": "batch"},
     }
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    forget_bound: str
+
     def __init__(
         self,
         *,

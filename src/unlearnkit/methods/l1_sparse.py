@@ -105,6 +105,10 @@ class L1Sparse(FineTune):
     summary = "Fine-tune on the retain data with a linearly decaying l1 penalty (Jia et al. 2023)."
     presets: ClassVar[dict[str, dict[str, Any]]] = L1_SPARSE_PRESETS
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    alpha: float
+    schedule: str
+
     def __init__(
         self,
         *,

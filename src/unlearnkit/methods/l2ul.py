@@ -152,6 +152,23 @@ class L2ULAdv(ForgetObjectiveMethod):
     }
     supports_auto_lr = True
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    forget_batch_size: int
+    adv_batch_size: int
+    n_adv: int
+    anchor_targets: str
+    anchor_loss: str
+    anchor_weight: float | None
+    shift_anchors: int
+    pgd_eps: float | None
+    pgd_steps: int
+    pgd_step_size: float | None
+    pgd_norm: str
+    pgd_rounds: int
+    drop_unreached: bool
+    pgd_stop_margin: float | None
+    attack_precision: str
+
     def __init__(
         self,
         *,

@@ -185,6 +185,24 @@ class LAF(UnlearningMethod):
         "paper": {"epochs": 20, "min_pairs": 0, "lr": 5e-5, "lr_align": 1e-4, "tau": 5.0},
     }
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    epochs: int
+    lr: float
+    lr_align: float
+    tau: float
+    min_pairs: int
+    batch_size: int
+    latent_dim: int
+    vae_epochs: int
+    vae_min_steps: int
+    vae_lr: float
+    vae_kld_weight: float
+    vae_max_rows: int
+    refit_head: bool
+    head_epochs: int
+    head_lr: float
+    head: str | None
+
     def __init__(
         self,
         *,

@@ -89,6 +89,20 @@ class RandomLabel(UnlearningMethod):
     supports_unseen = False
     presets: ClassVar[dict[str, dict[str, Any]]] = RANDOM_LABEL_PRESETS
 
+    # Hyperparameters, stored by _set_params from the keyword arguments (typed here for readers and checkers).
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    stop_margin: float
+    bn_mode: str
+    retain_weight: float
+    batch_size: int
+    retain_batch_size: int
+    max_passes: int | None
+    max_steps: int | None
+    max_seconds: float | None
+
     def __init__(
         self,
         *,
