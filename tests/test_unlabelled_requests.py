@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 import unlearnkit
+from helpers import same_state, snapshot
 from unlearnkit.errors import DataContractError, InvalidRequestError
 from unlearnkit.methods.base import MethodRun, UnlearnContext, UnlearningMethod
 from unlearnkit.methods.registry import METHODS, register_method
@@ -54,6 +55,18 @@ def test_a_request_may_come_without_labels_for_misclassification_only() -> None:
         ForgetRequest(x, None, new_labels=torch.tensor([1, 2, 3]))
     with pytest.raises(InvalidRequestError, match="without labels can only ask for misclassification"):
         ForgetRequest(x, None, goal="unseen")
+    with pytest.raises(InvalidRequestError, match="this request has no labels"):
+        request.known_labels  # noqa: B018 - the property raises
+    assert request.with_labels(torch.tensor([0, 1, 2])).known_labels.tolist() == [0, 1, 2]
+
+
+def test_run_request_refuses_an_unlabelled_request_before_running(label_free: None, cnn: nn.Module, forget) -> None:
+    from unlearnkit.scenarios.single import run_request
+
+    before = snapshot(cnn)
+    with pytest.raises(InvalidRequestError, match="a run is measured against the forget set's labels"):
+        run_request(cnn, ForgetRequest(forget[0], None), "test_label_free", splits={})
+    assert same_state(cnn, before)
 
 
 def test_methods_that_need_labels_refuse_an_unlabelled_request_by_name(cnn: nn.Module, forget) -> None:

@@ -215,6 +215,22 @@ class ForgetRequest:
         """Whether the caller gave the training labels."""
         return self.labels is not None
 
+    @property
+    def known_labels(self) -> Tensor:
+        """The labels, for code that reads them: inside a method's run they are always set
+        (given, or the original model's predictions for a label-free method).
+
+        Raises:
+            InvalidRequestError: If the request has no labels.
+
+        Example:
+            >>> ForgetRequest(torch.rand(2, 4), torch.tensor([3, 1])).known_labels.tolist()
+            [3, 1]
+        """
+        if self.labels is None:
+            raise InvalidRequestError("this request has no labels; pass the forget set's training labels")
+        return self.labels
+
     def with_labels(self, labels: Tensor) -> ForgetRequest:
         """A copy of this request with ``labels`` filled in (e.g. the original model's
         predictions for an unlabelled request, to measure and check the goal by).

@@ -321,7 +321,7 @@ class ACU(UnlearningMethod):
         bias = module.bias is not None
         classes = module.out_features
         forget_x = head_features(model, request.inputs, head=name)
-        forget_y = _one_hot(request.labels, classes)
+        forget_y = _one_hot(request.known_labels, classes)
         if stored is None:
             assert context.retain is not None
             gamma = DEFAULT_GAMMA if self.gamma is None else self.gamma

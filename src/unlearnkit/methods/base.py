@@ -109,7 +109,7 @@ class UnlearnContext:
         """A stop monitor bound to this request's forget set and goal; its time cap counts from the
         start of the call (attacks and importance included)."""
         req = self.request
-        return StopMonitor(rule, req.inputs, req.labels, req.new_labels, self.loss_targets, started=self.started)
+        return StopMonitor(rule, req.inputs, req.known_labels, req.new_labels, self.loss_targets, started=self.started)
 
     def goal_holds(self) -> bool:
         """Whether every forget instance meets its goal now (no margin): the ``converged`` of a
@@ -335,7 +335,7 @@ class UnlearningMethod(abc.ABC):
             if heldout is not None:
                 heldout = self._check_retain(heldout, num_classes, device, what="heldout")
             try:
-                loss_targets, target_source = unseen_loss_targets(working, request.inputs, request.labels, heldout=heldout)
+                loss_targets, target_source = unseen_loss_targets(working, request.inputs, request.known_labels, heldout=heldout)
             except ValueError as err:
                 raise InvalidRequestError(str(err)) from None
 
@@ -442,12 +442,12 @@ class UnlearningMethod(abc.ABC):
 def _instance_outcomes(
     request: ForgetRequest, before: Tensor, after: Tensor, loss_targets: Tensor | None = None
 ) -> tuple[list[InstanceOutcome], dict[str, float]]:
-    target = request.labels if request.new_labels is None else request.new_labels
+    target = request.known_labels if request.new_labels is None else request.new_labels
     margin_before = label_margin(before, target).tolist()
     margin_after = label_margin(after, target).tolist()
-    loss_before = per_example_loss(before, request.labels)
-    loss_after = per_example_loss(after, request.labels)
-    met = goal_met(after, request.labels, request.new_labels, loss_targets=loss_targets).tolist()
+    loss_before = per_example_loss(before, request.known_labels)
+    loss_after = per_example_loss(after, request.known_labels)
+    met = goal_met(after, request.known_labels, request.new_labels, loss_targets=loss_targets).tolist()
     targets = [None] * len(request) if loss_targets is None else loss_targets.tolist()
     pred_before = before.argmax(dim=1)
     pred_after = after.argmax(dim=1)
@@ -455,7 +455,7 @@ def _instance_outcomes(
     outcomes = [
         InstanceOutcome(
             id=request.ids[i],
-            label=int(request.labels[i]),
+            label=int(request.known_labels[i]),
             new_label=new_labels[i],
             pred_before=int(pred_before[i]),
             pred_after=int(pred_after[i]),
@@ -465,13 +465,13 @@ def _instance_outcomes(
             loss_before=float(loss_before[i]),
             loss_after=float(loss_after[i]),
             loss_target=targets[i],
-            content_sha256=instance_sha256(request.inputs[i], int(request.labels[i])),
+            content_sha256=instance_sha256(request.inputs[i], int(request.known_labels[i])),
         )
         for i in range(len(request))
     ]
     metrics = {
-        "acc/forget/before": 100.0 * float((pred_before == request.labels).float().mean()),
-        "acc/forget/after": 100.0 * float((pred_after == request.labels).float().mean()),
+        "acc/forget/before": 100.0 * float((pred_before == request.known_labels).float().mean()),
+        "acc/forget/after": 100.0 * float((pred_after == request.known_labels).float().mean()),
         "loss/forget/before": float(loss_before.mean()),
         "loss/forget/after": float(loss_after.mean()),
     }

@@ -290,11 +290,11 @@ class Blindspot(UnlearningMethod):
         blind_seed = int(torch.randint(0, 2**31 - 1, (), generator=context.generator))
         blind, blind_steps, blind_loss = self.train_blindspot(model, (xr, yr), blind_seed, context.generator)
         blind_forget_acc = 100.0 * float(
-            (predict_logits(blind, request.inputs).argmax(1) == request.labels).float().mean()
+            (predict_logits(blind, request.inputs).argmax(1) == request.known_labels).float().mean()
         )
 
         inputs = torch.cat([request.inputs, xr])
-        labels = torch.cat([request.labels, yr])
+        labels = torch.cat([request.known_labels, yr])
         is_forget = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
         is_forget[: len(request)] = True
         layers, blind_layers = conv_layers(model), conv_layers(blind)

@@ -169,11 +169,11 @@ class BoundaryShrink(ForgetObjectiveMethod):
         model, request = context.model, context.request
         started = time.perf_counter()
         adversarial = untargeted_pgd(
-            model, request.inputs, request.labels, eps=self.attack_eps(request.input_range), steps=self.pgd_steps,
+            model, request.inputs, request.known_labels, eps=self.attack_eps(request.input_range), steps=self.pgd_steps,
             step_size=self.attack_step_size(request.input_range), norm="linf", random_start=False,
             input_range=request.input_range, generator=context.generator,
         )
-        neighbours = neighbour_labels(predict_logits(model, adversarial), request.labels)
+        neighbours = neighbour_labels(predict_logits(model, adversarial), request.known_labels)
         from_attack = int(neighbours.from_attack.sum())
         details = {
             "boundary/neighbour_labels": neighbours.labels.tolist(),
@@ -186,7 +186,7 @@ class BoundaryShrink(ForgetObjectiveMethod):
 
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         model, request = context.model, context.request
-        x, y = request.inputs, request.labels
+        x, y = request.inputs, request.known_labels
         neighbours, details = self.find_neighbours(context)
         target = neighbours.labels
 

@@ -250,7 +250,7 @@ class GSLoRA(UnlearningMethod):
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         assert context.retain is not None  # guaranteed by the data contract
         model, request = context.model, context.request
-        xf, yf = request.inputs, request.labels
+        xf, yf = request.inputs, request.known_labels
         xr_all, yr_all = context.retain
         sample = per_class_sample(yr_all, self.retain_per_class, context.generator)
         xr, yr = xr_all[sample], yr_all[sample]

@@ -148,7 +148,7 @@ class IAU(UnlearningMethod):
         model, request = context.model, context.request
         params = [p for p in model.parameters() if p.requires_grad]
         retain_grad, forget_grad = _gradients(
-            model, (request.inputs, request.labels), context.retain, self.chunk_size
+            model, (request.inputs, request.known_labels), context.retain, self.chunk_size
         )
         direction = [r - f for r, f in zip(retain_grad, forget_grad)]
         if not all(torch.isfinite(g).all() for g in direction):

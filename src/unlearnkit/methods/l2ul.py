@@ -237,10 +237,10 @@ class L2ULAdv(ForgetObjectiveMethod):
         started = time.perf_counter()
         inputs = request.inputs.repeat_interleave(self.n_adv, dim=0)
         if self.anchor_targets == "balanced":
-            targets = balanced_other_classes(request.labels, self.n_adv, context.num_classes, generator)
+            targets = balanced_other_classes(request.known_labels, self.n_adv, context.num_classes, generator)
         else:
             targets = random_other_classes(
-                request.labels.repeat_interleave(self.n_adv, dim=0), context.num_classes, generator
+                request.known_labels.repeat_interleave(self.n_adv, dim=0), context.num_classes, generator
             )
         attack = calibrated_targeted_pgd(
             model, inputs, targets, eps=self.attack_eps(request.input_shape), rounds=self.pgd_rounds,
@@ -255,9 +255,9 @@ class L2ULAdv(ForgetObjectiveMethod):
             copies, source = shifted_copies(request.inputs, self.shift_anchors)
             if request.input_range is not None:
                 copies = copies.clamp(*request.input_range)
-            still = predict_logits(model, copies).argmax(dim=1) == request.labels[source]
+            still = predict_logits(model, copies).argmax(dim=1) == request.known_labels[source]
             anchor_inputs.append(copies[still])
-            anchor_labels.append(request.labels[source][still])
+            anchor_labels.append(request.known_labels[source][still])
             n_shifted = int(still.sum())
         anchors_x, anchors_y = torch.cat(anchor_inputs), torch.cat(anchor_labels)
         teacher = None
@@ -306,7 +306,7 @@ class L2ULAdv(ForgetObjectiveMethod):
 
         def objective() -> float:
             logits = predict_logits(model, request.inputs)
-            return float(self.forget_term(logits, request.labels, request.new_labels, context.loss_targets))
+            return float(self.forget_term(logits, request.known_labels, request.new_labels, context.loss_targets))
 
         def agreement() -> float:
             return float((predict_logits(model, anchors.inputs).argmax(dim=1) == proxy_before).float().mean())
@@ -327,7 +327,7 @@ class L2ULAdv(ForgetObjectiveMethod):
 
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         model, request = context.model, context.request
-        x, y, new, targets = request.inputs, request.labels, request.new_labels, context.loss_targets
+        x, y, new, targets = request.inputs, request.known_labels, request.new_labels, context.loss_targets
         anchors, details = self._make_anchors(context)
         penalty, penalty_details = self._penalty(context)
         details.update(penalty_details)

@@ -67,7 +67,7 @@ class NegGrad(ForgetObjectiveMethod):
 
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         model, request = context.model, context.request
-        x, y, new, targets = request.inputs, request.labels, request.new_labels, context.loss_targets
+        x, y, new, targets = request.inputs, request.known_labels, request.new_labels, context.loss_targets
         penalty, details = self._penalty(context)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,7 @@ class NegGradPlus(ForgetObjectiveMethod):
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         assert context.retain is not None  # guaranteed by the data contract
         model, request = context.model, context.request
-        x, y, new, targets = request.inputs, request.labels, request.new_labels, context.loss_targets
+        x, y, new, targets = request.inputs, request.known_labels, request.new_labels, context.loss_targets
         xr, yr = context.retain
         retain_batches = cycled_batches(xr.shape[0], self.retain_batch_size, context.generator)
 

@@ -163,4 +163,4 @@ class NegGradEWC(_ImportanceNegGrad):
 
     def _importance(self, context: UnlearnContext) -> dict[str, Tensor]:
         request = context.request
-        return fisher_importance(context.model, request.inputs, request.labels, batch_size=self.importance_batch_size)
+        return fisher_importance(context.model, request.inputs, request.known_labels, batch_size=self.importance_batch_size)

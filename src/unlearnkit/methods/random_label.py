@@ -146,7 +146,7 @@ class RandomLabel(UnlearningMethod):
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         assert context.retain is not None  # guaranteed by the data contract
         model, request = context.model, context.request
-        x, y, new = request.inputs, request.labels, request.new_labels
+        x, y, new = request.inputs, request.known_labels, request.new_labels
         xr, yr = context.retain
         retain_batches = cycled_batches(xr.shape[0], self.retain_batch_size, context.generator)
 

@@ -175,8 +175,7 @@ class S3T(UnlearningMethod):
                 f"s3t deletes from an S3TModel (trained with unlearnkit.s3t.train_s3t or S3T.prepare_model), "
                 f"got {type(model).__name__}"
             )
-        assert request.labels is not None  # needs_labels: the base class refused an unlabelled request
-        found = model.rows_with_content(request.inputs, request.labels)
+        found = model.rows_with_content(request.inputs, request.known_labels)
         missing = [request.ids[n] for n, rows in enumerate(found) if not rows]
         if missing:
             raise InvalidRequestError(

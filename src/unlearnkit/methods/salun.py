@@ -176,7 +176,7 @@ class SalUn(RandomLabel):
     def _unlearn(self, context: UnlearnContext) -> MethodRun:
         model, request = context.model, context.request
         mask = saliency_mask(
-            model, request.inputs, request.labels, ratio=self.mask_ratio, batch_size=self.mask_batch_size
+            model, request.inputs, request.known_labels, ratio=self.mask_ratio, batch_size=self.mask_batch_size
         )
         details: dict[str, Any] = {
             "salun/mask_kept": mask.kept,

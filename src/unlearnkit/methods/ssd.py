@@ -146,7 +146,7 @@ class SSD(UnlearningMethod):
         # Both importances on the original weights, before anything is dampened.
         measure = fisher_importance if self.importance == "per_example" else batch_fisher_importance
         data_importance = measure(model, *context.retain, batch_size=self.importance_batch_size)
-        forget_importance = measure(model, request.inputs, request.labels, batch_size=self.importance_batch_size)
+        forget_importance = measure(model, request.inputs, request.known_labels, batch_size=self.importance_batch_size)
         selected_total = dampened = total = 0
         per_tensor: dict[str, int] = {}
         with torch.no_grad():
