@@ -67,11 +67,11 @@ class LoraLayer(nn.Module):
         rank: The adapter's rank.
     """
 
-    base: nn.Module
-    lora_A: nn.Module
-    lora_B: nn.Module
+    base: nn.Linear | nn.Conv2d
+    lora_A: nn.Linear | nn.Conv2d
+    lora_B: nn.Linear | nn.Conv2d
 
-    def __init__(self, base: nn.Module, rank: int) -> None:
+    def __init__(self, base: nn.Linear | nn.Conv2d, rank: int) -> None:
         super().__init__()
         self.base = base
         self.rank = rank
@@ -97,7 +97,7 @@ class LoraLayer(nn.Module):
         """The layer's output plus the adapter's."""
         return self.base(x) + self.lora_B(self.lora_A(x))
 
-    def adapter_parameters(self) -> list[nn.Parameter]:
+    def adapter_parameters(self) -> list[Tensor]:
         """``[A, B]``: the adapter's trainable weights."""
         return [self.lora_A.weight, self.lora_B.weight]
 
@@ -183,11 +183,11 @@ class LoraHandles:
     layers: dict[str, LoraLayer] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def parameters(self) -> list[nn.Parameter]:
+    def parameters(self) -> list[Tensor]:
         """Every adapter weight (``A`` and ``B`` of each layer), in layer order."""
         return [p for layer in self.layers.values() for p in layer.adapter_parameters()]
 
-    def groups(self, depth: int | None = None) -> dict[str, list[nn.Parameter]]:
+    def groups(self, depth: int | None = None) -> dict[str, list[Tensor]]:
         """Adapter weights grouped for the group lasso.
 
         Args:
@@ -205,7 +205,7 @@ class LoraHandles:
         """
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise ValueError(f"depth must be None or a whole number >= 1, got {depth!r}")
-        grouped: dict[str, list[nn.Parameter]] = {}
+        grouped: dict[str, list[Tensor]] = {}
         for name, layer in self.layers.items():
             key = name if depth is None else ".".join(name.split(".")[:depth])
             grouped.setdefault(key, []).extend(layer.adapter_parameters())
