@@ -106,7 +106,9 @@ class ForgetRequest:
     new_labels: Tensor | None = None
     ids: tuple[InstanceId, ...] = field(default=())
     input_range: tuple[float, float] | None = DEFAULT_INPUT_RANGE
-    goal: Goal | None = None  # type: ignore[assignment]
+    # None is resolved in __post_init__ (misclassify, or relabel when new labels are given), so a
+    # built request always has a goal.
+    goal: Goal = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         inputs = _as_float_tensor(self.inputs)
