@@ -23,7 +23,7 @@ from unlearnkit.scenarios.continual import summarise_sequences
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: JSONL stem -> the marker of its block in docs/benchmarks.md.
-GRIDS = {"mnist": "MNIST", "mnist-relabel": "MNIST relabel", "cifar10": "CIFAR"}
+GRIDS = {"mnist": "MNIST", "mnist-relabel": "MNIST relabel", "mnist-k": "MNIST k", "cifar10": "CIFAR"}
 
 
 def generated_block(name: str, marker: str) -> str:
