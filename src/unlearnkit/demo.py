@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from unlearnkit.components.unseen import per_example_loss
-from unlearnkit.errors import CheckpointError, InvalidRequestError
+from unlearnkit.errors import CheckpointError
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import evaluate
@@ -219,8 +219,7 @@ def _run_cells(
     bar = tqdm(total=len(cells) * len(methods), desc="demo", unit="run", disable=not progress)
     for seed, goal in cells:
         request, keep = draw_request(data, k, seed, goal)
-        labels, new_labels = request.labels, request.new_labels
-        assert labels is not None  # draw_request labels every request
+        labels, new_labels = request.known_labels, request.new_labels  # draw_request labels every request
         heldout = heldout_half(data) if goal == "unseen" else None
         splits = {"retain": (data.x_train[keep], data.y_train[keep]), "test": (data.x_test, data.y_test)}
         original = evaluate(model, {"forget": (request.inputs, labels), **splits})
@@ -314,9 +313,7 @@ def evidence_for_request(
         views: Draw the analyst views (prediction matrices, embedding maps) of the original,
             the retrained and every unlearned model; only the HTML report shows them.
     """
-    if request.labels is None:
-        raise InvalidRequestError("the evidence of a request is measured against its labels; this one has none")
-    forget = (request.inputs, request.labels)
+    forget = (request.inputs, request.require_labels("the evidence of a request is measured against its labels; this one has none"))
     retain, test = splits["retain"], splits["test"]
     reference = load_retrained(dataset, request.ids, directory=cache_directory, progress=progress)
     original_figures = model_figures(model, forget, retain, test, num_classes=data.num_classes, seed=seed)

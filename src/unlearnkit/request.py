@@ -217,21 +217,33 @@ class ForgetRequest:
         """Whether the caller gave the training labels."""
         return self.labels is not None
 
-    @property
-    def known_labels(self) -> Tensor:
-        """The labels, for code that reads them: inside a method's run they are always set
-        (given, or the original model's predictions for a label-free method).
+    def require_labels(self, message: str = "this request has no labels; pass the forget set's training labels") -> Tensor:
+        """The labels, or :class:`~unlearnkit.errors.InvalidRequestError` with ``message`` when
+        the request has none: for code that measures or trains against them.
 
         Raises:
             InvalidRequestError: If the request has no labels.
 
         Example:
+            >>> ForgetRequest(torch.rand(2, 4), None).require_labels("a report needs labels")
+            Traceback (most recent call last):
+            ...
+            unlearnkit.errors.InvalidRequestError: a report needs labels
+        """
+        if self.labels is None:
+            raise InvalidRequestError(message)
+        return self.labels
+
+    @property
+    def known_labels(self) -> Tensor:
+        """The labels (:meth:`require_labels` with its default message): inside a method's run
+        they are always set (given, or the original model's predictions for a label-free method).
+
+        Example:
             >>> ForgetRequest(torch.rand(2, 4), torch.tensor([3, 1])).known_labels.tolist()
             [3, 1]
         """
-        if self.labels is None:
-            raise InvalidRequestError("this request has no labels; pass the forget set's training labels")
-        return self.labels
+        return self.require_labels()
 
     def with_labels(self, labels: Tensor) -> ForgetRequest:
         """A copy of this request with ``labels`` filled in (e.g. the original model's

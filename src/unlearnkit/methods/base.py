@@ -442,12 +442,13 @@ class UnlearningMethod(abc.ABC):
 def _instance_outcomes(
     request: ForgetRequest, before: Tensor, after: Tensor, loss_targets: Tensor | None = None
 ) -> tuple[list[InstanceOutcome], dict[str, float]]:
-    target = request.known_labels if request.new_labels is None else request.new_labels
+    labels = request.known_labels
+    target = labels if request.new_labels is None else request.new_labels
     margin_before = label_margin(before, target).tolist()
     margin_after = label_margin(after, target).tolist()
-    loss_before = per_example_loss(before, request.known_labels)
-    loss_after = per_example_loss(after, request.known_labels)
-    met = goal_met(after, request.known_labels, request.new_labels, loss_targets=loss_targets).tolist()
+    loss_before = per_example_loss(before, labels)
+    loss_after = per_example_loss(after, labels)
+    met = goal_met(after, labels, request.new_labels, loss_targets=loss_targets).tolist()
     targets = [None] * len(request) if loss_targets is None else loss_targets.tolist()
     pred_before = before.argmax(dim=1)
     pred_after = after.argmax(dim=1)
@@ -455,7 +456,7 @@ def _instance_outcomes(
     outcomes = [
         InstanceOutcome(
             id=request.ids[i],
-            label=int(request.known_labels[i]),
+            label=int(labels[i]),
             new_label=new_labels[i],
             pred_before=int(pred_before[i]),
             pred_after=int(pred_after[i]),
@@ -465,13 +466,13 @@ def _instance_outcomes(
             loss_before=float(loss_before[i]),
             loss_after=float(loss_after[i]),
             loss_target=targets[i],
-            content_sha256=instance_sha256(request.inputs[i], int(request.known_labels[i])),
+            content_sha256=instance_sha256(request.inputs[i], int(labels[i])),
         )
         for i in range(len(request))
     ]
     metrics = {
-        "acc/forget/before": 100.0 * float((pred_before == request.known_labels).float().mean()),
-        "acc/forget/after": 100.0 * float((pred_after == request.known_labels).float().mean()),
+        "acc/forget/before": 100.0 * float((pred_before == labels).float().mean()),
+        "acc/forget/after": 100.0 * float((pred_after == labels).float().mean()),
         "loss/forget/before": float(loss_before.mean()),
         "loss/forget/after": float(loss_after.mean()),
     }

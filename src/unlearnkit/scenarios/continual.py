@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from unlearnkit.components.stopping import goal_met
 from unlearnkit.data.splits import DataSplit, draw_forget_indices, random_new_labels
-from unlearnkit.errors import InvalidRequestError, NonFiniteError
+from unlearnkit.errors import NonFiniteError
 from unlearnkit.methods.registry import create_method, method_class
 from unlearnkit.metrics.accuracy import accuracy
 from unlearnkit.request import ForgetRequest
@@ -118,8 +118,7 @@ def run_sequence(
     n = len(data.y_train)
     seen: set[int] = set()
     for j, request in enumerate(sequence):
-        if request.labels is None:
-            raise InvalidRequestError(f"request {j} has no labels; a continual sequence measures each request against its labels")
+        request.require_labels(f"request {j} has no labels; a continual sequence measures each request against its labels")
         ids = [int(i) for i in request.ids]
         if any(not 0 <= i < n for i in ids):
             raise ValueError(f"request {j} has ids outside the {n} training rows")
@@ -150,11 +149,11 @@ def run_sequence(
         shares, accuracies = [], []
         for j in range(step + 1):
             earlier = sequence[j]
-            assert earlier.labels is not None  # refused above otherwise
+            labels = earlier.known_labels  # every request was checked for labels above
             logits = predict_logits(current, earlier.inputs)
-            met = goal_met(logits, earlier.labels, earlier.new_labels)
+            met = goal_met(logits, labels, earlier.new_labels)
             shares.append(100.0 * float(met.float().mean()))
-            accuracies.append(100.0 * float((logits.argmax(1) == earlier.labels).float().mean()))
+            accuracies.append(100.0 * float((logits.argmax(1) == labels).float().mean()))
         held_once[step] = shares[step] == 100.0
         relapsed = [j for j in range(step) if held_once[j] and shares[j] < 100.0]
         records.append(StepRecord(

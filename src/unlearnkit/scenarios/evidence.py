@@ -241,7 +241,7 @@ def gather_evidence(
     automatic = layers[-1]
     index_x, index_y = retain[0][:knn_index_size], retain[1][:knn_index_size]
     index_feats = extract_layer_features(unlearned, index_x, [automatic])[automatic]
-    forget_feats = mine_feats[automatic][: forget[0].shape[0]]
+    forget_feats = mine_feats[automatic][:n_forget]
     evidence["knn_forget"] = knn_accuracy(index_feats, index_y, forget_feats, forget[1], k=5)
 
     evidence["weight_change"] = [

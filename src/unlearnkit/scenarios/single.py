@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from unlearnkit.errors import DeletionCapacityError, InvalidRequestError, NonFiniteError
+from unlearnkit.errors import DeletionCapacityError, NonFiniteError
 from unlearnkit.methods.base import RetainData
 from unlearnkit.methods.registry import create_method
 from unlearnkit.metrics.accuracy import evaluate
@@ -97,8 +97,7 @@ def run_request(
         InvalidRequestError: If the request has no labels: the run is measured against them
             (refused before the method runs).
     """
-    if request.labels is None:
-        raise InvalidRequestError("the request has no labels; a run is measured against the forget set's labels")
+    labels = request.require_labels("the request has no labels; a run is measured against the forget set's labels")
     algorithm = create_method(method, **dict(hyperparams or {}))
     try:
         result = algorithm.unlearn(model, request, retain=retain, heldout=heldout, seed=seed, progress=progress)
@@ -108,7 +107,7 @@ def run_request(
         # An exact-deletion model that cannot absorb this request without retraining.
         return RunRecord(method, seed, request.goal, "unsupported", error=str(err))
     named = dict(splits)
-    named["forget"] = (request.inputs, request.known_labels)
+    named["forget"] = (request.inputs, labels)
     if request.new_labels is not None:
         named["relabel"] = (request.inputs, request.new_labels)
     metrics = evaluate(result.model, named)
